@@ -72,7 +72,10 @@ class DeliveryError(CDPError):
         self.hosts_tried = hosts_tried
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_delivery_error, (str(self), self.status_code, self.host, self.server_message, self.hosts_tried))
+        return (
+            _rebuild_delivery_error,
+            (str(self), self.status_code, self.host, self.server_message, self.hosts_tried),
+        )
 
 
 def _rebuild_delivery_error(

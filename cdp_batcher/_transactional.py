@@ -35,7 +35,6 @@ optional for SMS and push (the gateway uses the person's profile), as in both SD
 
 # msgspec evaluates Struct annotations at runtime, so `X | None` would break Python 3.9: keep
 # Optional/Union throughout (pyproject ignores these two rules for the same reason).
-# ruff: noqa: UP007, UP045
 
 from __future__ import annotations
 

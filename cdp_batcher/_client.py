@@ -1,0 +1,448 @@
+"""The public client: validated calls onto per-destination queues, flush, shutdown, lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import threading
+import time
+import types
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
+
+import msgspec
+
+from ._config import ClientConfig, CustomerIoConfig, OnError
+from ._errors import CDPError, DeliveryError, ValidationError
+from ._event import (
+    IDENTIFY,
+    REGISTER_DEVICE,
+    TRACK,
+    Item,
+    OpenCdpIdentify,
+    OpenCdpTrack,
+    check_event_name,
+    check_identifier,
+    check_properties,
+    encode,
+    encode_properties,
+    looks_like_email,
+    serialization_error,
+)
+from ._retry import RetryPolicy
+from ._stats import DeliveryReport, DestinationReport, Stats
+from ._worker import LogLimiter, Route
+from .destinations._base import Destination, DeviceInfo
+from .destinations.opencdp import OpenCdpDestination, PingResult
+
+__all__ = ["CDPClient"]
+
+PLATFORMS = ("android", "ios", "web")
+DEFAULT_FLUSH_TIMEOUT = 30.0
+
+_live_clients: weakref.WeakSet[CDPClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_live_clients):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
+    client = ref()
+    if client is not None:
+        try:
+            client.shutdown(client._cfg.shutdown_timeout)
+        except Exception:  # never raise at interpreter exit
+            logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
+
+
+def _abandoned(routes: Sequence[Route], timeout: float) -> None:
+    """A client garbage-collected without shutdown(): let its threads deliver and end."""
+    deadline = time.monotonic() + timeout
+    for route in routes:
+        route.begin_shutdown(deadline)
+
+
+class CDPClient:
+    """Sends identify/track/register_device calls to OpenCDP (and optionally Customer.io) in batches.
+
+    Calls validate and encode at once, queue the bytes and return in microseconds; a daemon
+    thread per destination delivers them. Every argument is keyword-only; only
+    ``cdp_api_key`` is required.
+
+    >>> client = CDPClient(cdp_api_key="...")  # doctest: +SKIP
+    >>> client.track("user123", "purchase_completed", {"amount": 99.99})  # doctest: +SKIP
+    >>> client.shutdown(timeout=5.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        cdp_api_key: str,
+        cdp_endpoint: Optional[str] = None,
+        cdp_fallback_endpoints: Optional[Sequence[str]] = None,
+        timeout_ms: int = 10_000,
+        max_batch_size: int = 100,
+        flush_interval: float = 0.5,
+        max_queue_size: int = 10_000,
+        max_queue_bytes: int = 32 * 1024 * 1024,
+        max_concurrent_requests: int = 10,
+        max_retries: int = 8,
+        retry_max_time: float = 60.0,
+        shutdown_timeout: float = 5.0,
+        on_error: Optional[OnError] = None,
+        send: bool = True,
+        sync_mode: bool = False,
+        fail_on_exception: bool = False,
+        debug: bool = False,
+        session: Any = None,
+        logger: Any = None,
+        send_to_customer_io: bool = False,
+        customer_io: Optional[CustomerIoConfig] = None,
+    ) -> None:
+        cfg = ClientConfig.from_kwargs(
+            cdp_api_key=cdp_api_key,
+            cdp_endpoint=cdp_endpoint,
+            cdp_fallback_endpoints=cdp_fallback_endpoints,
+            timeout_ms=timeout_ms,
+            max_batch_size=max_batch_size,
+            flush_interval=flush_interval,
+            max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            max_concurrent_requests=max_concurrent_requests,
+            max_retries=max_retries,
+            retry_max_time=retry_max_time,
+            shutdown_timeout=shutdown_timeout,
+            on_error=on_error,
+            send=send,
+            sync_mode=sync_mode,
+            fail_on_exception=fail_on_exception,
+            debug=debug,
+            session=session,
+            logger=logger,
+            send_to_customer_io=send_to_customer_io,
+            customer_io=customer_io,
+        )
+        self._cfg = cfg
+        self._log = cfg.get_logger()
+        if cfg.debug and logger is None and isinstance(self._log, logging.Logger):
+            self._log.setLevel(logging.DEBUG)
+        self._limiter = LogLimiter(self._log)
+        self._policy = RetryPolicy(max_retries=cfg.max_retries, max_time=cfg.retry_max_time)
+        self._opencdp = OpenCdpDestination(
+            api_key=cfg.cdp_api_key,
+            endpoints=cfg.endpoints,
+            timeout=cfg.timeout,
+            concurrency=cfg.max_concurrent_requests,
+            policy=self._policy,
+            session=cfg.session,
+        )
+        destinations: list[Destination] = [self._opencdp]
+        if cfg.customer_io is not None:
+            destinations.append(self._customer_io_destination(cfg.customer_io))
+        self._routes = tuple(
+            Route(
+                dest,
+                max_queue_size=cfg.max_queue_size,
+                max_queue_bytes=cfg.max_queue_bytes,
+                max_batch_size=cfg.max_batch_size,
+                flush_interval=cfg.flush_interval,
+                on_error=cfg.on_error,
+                limiter=self._limiter,
+            )
+            for dest in destinations
+        )
+        self._needs_timestamp = any(d.needs_timestamp for d in destinations)
+        self._closed = False
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_report: Optional[DeliveryReport] = None
+        self._warned: set[str] = set()
+        self._fast_put: Optional[Callable[[Item], bool]] = None
+        self._set_fast_path()
+        _live_clients.add(self)
+        self._atexit_hook = functools.partial(_atexit_shutdown, weakref.ref(self))
+        atexit.register(self._atexit_hook)
+        self._finalizer = weakref.finalize(self, _abandoned, self._routes, cfg.shutdown_timeout)
+        self._finalizer.atexit = False
+
+    def _customer_io_destination(self, cio: CustomerIoConfig) -> Destination:
+        from .destinations.customerio import CustomerIoDestination
+
+        return CustomerIoDestination(
+            cio,
+            timeout=self._cfg.timeout,
+            max_batch_size=self._cfg.max_batch_size,
+            policy=self._policy,
+            session=self._cfg.session,
+        )
+
+    def _set_fast_path(self) -> None:
+        """One destination, sending, asynchronous, open: track() goes straight to the queue."""
+        cfg = self._cfg
+        simple = len(self._routes) == 1 and cfg.send and not cfg.sync_mode and not self._closed
+        self._fast_put = self._routes[0].put if simple else None
+
+    def __repr__(self) -> str:
+        names = ", ".join(r.name for r in self._routes)
+        state = "closed" if self._closed else "open"
+        return f"<CDPClient {state} endpoints={list(self._cfg.endpoints)!r} destinations=[{names}]>"
+
+    @property
+    def config(self) -> ClientConfig:
+        """The validated configuration (its repr masks the keys)."""
+        return self._cfg
+
+    # ------------------------------------------------------------------------- the three calls
+    def track(self, identifier: str, event_name: str, properties: Optional[Mapping[str, Any]] = None) -> None:
+        """Queue an event for ``identifier``; returns at once.
+
+        Raises :class:`ValidationError` (``Identifier cannot be empty``, ``Event name cannot be
+        empty``, properties not a mapping) or :class:`SerializationError` (a value that cannot
+        become JSON; the message names its key) before anything is queued.
+
+        >>> client.track("user123", "purchase_completed", {"amount": 99.99})  # doctest: +SKIP
+        """
+        if type(identifier) is not str or not identifier or identifier.isspace():
+            identifier = check_identifier(identifier)
+        if type(event_name) is not str or not event_name or event_name.isspace():
+            event_name = check_event_name(event_name)
+        if type(properties) is not dict:
+            properties = check_properties(properties)
+        put = self._fast_put
+        if put is not None:
+            try:
+                body = encode(OpenCdpTrack(identifier, event_name, properties))
+            except Exception as exc:
+                raise serialization_error(properties, "properties", exc) from None
+            put((TRACK, body))
+            return
+        self._route_call(TRACK, identifier, event_name, properties)
+
+    def identify(self, identifier: str, properties: Optional[Mapping[str, Any]] = None) -> None:
+        """Queue an identify call (person attributes); returns at once.
+
+        >>> client.identify("user123", {"email": "a@example.com", "plan": "pro"})  # doctest: +SKIP
+        """
+        if type(identifier) is not str or not identifier or identifier.isspace():
+            identifier = check_identifier(identifier)
+        if type(properties) is not dict:
+            properties = check_properties(properties)
+        if "@" in identifier and "email_identifier" not in self._warned and looks_like_email(identifier):
+            self._warn_once(
+                "email_identifier",
+                "identify() was given an email address as identifier; the OpenCDP SDK contract "
+                "recommends a stable user id (the call proceeds)",
+            )
+        put = self._fast_put
+        if put is not None:
+            try:
+                body = encode(OpenCdpIdentify(identifier, properties))
+            except Exception as exc:
+                raise serialization_error(properties, "properties", exc) from None
+            put((IDENTIFY, body))
+            return
+        self._route_call(IDENTIFY, identifier, None, properties)
+
+    def register_device(
+        self,
+        identifier: str,
+        *,
+        device_id: str,
+        platform: str,
+        fcm_token: Optional[str] = None,
+        apn_token: Optional[str] = None,
+        name: Optional[str] = None,
+        os_version: Optional[str] = None,
+        model: Optional[str] = None,
+        app_version: Optional[str] = None,
+        last_active_at: Union[int, float, str, Any, None] = None,
+        attributes: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Queue a device registration (push token) for ``identifier``; returns at once.
+
+        ``device_id`` is required, with ``fcm_token`` or ``apn_token``; ``platform`` is one of
+        ``android``, ``ios``, ``web``.
+
+        >>> client.register_device("user123", device_id="dev-1", platform="ios", apn_token="...")  # doctest: +SKIP
+        """
+        identifier = check_identifier(identifier)
+        if device_id is None or (isinstance(device_id, str) and (not device_id or device_id.isspace())):
+            raise ValidationError("device ID required")
+        if not isinstance(device_id, str):
+            raise ValidationError(f"device_id must be a string, got {type(device_id).__name__}")
+        if platform not in PLATFORMS:
+            raise ValidationError(f"platform must be one of: android, ios, web; got {platform!r}")
+        if not fcm_token and not apn_token:
+            raise ValidationError("fcmToken or apnToken required")
+        for field, value in (
+            ("fcm_token", fcm_token),
+            ("apn_token", apn_token),
+            ("name", name),
+            ("os_version", os_version),
+            ("model", model),
+            ("app_version", app_version),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
+        attrs: Any = None
+        if attributes is not None:
+            attrs = msgspec.Raw(encode_properties(check_properties(attributes, "attributes"), "attributes"))
+        if last_active_at is not None:
+            encode_properties({"last_active_at": last_active_at}, "last_active_at")
+        device = DeviceInfo(
+            device_id=device_id,
+            platform=platform,
+            fcm_token=fcm_token,
+            apn_token=apn_token,
+            name=name,
+            os_version=os_version,
+            model=model,
+            app_version=app_version,
+            last_active_at=last_active_at,
+            attributes=attrs,
+        )
+        self._route_call(REGISTER_DEVICE, identifier, None, device)
+
+    def _route_call(self, kind: int, identifier: str, event_name: Optional[str], payload: Any) -> None:
+        """The general path: several destinations, sync mode, disabled or closed clients."""
+        routes = self._routes
+        if kind != REGISTER_DEVICE:
+            raw = msgspec.Raw(encode_properties(payload))  # validates even when nothing is sent
+            payload = raw if len(routes) > 1 else payload
+        if self._closed:
+            for route in routes:
+                route.drop_at_offer((kind, b""), "shutdown")
+            self._warn_once(
+                "closed", "cdp_batcher: call after shutdown() dropped (counted as dropped: shutdown)"
+            )
+            return
+        if not self._cfg.send:
+            for route in routes:
+                route.drop_at_offer((kind, b""), "disabled")
+            return
+        timestamp = time.time() if self._needs_timestamp else 0.0
+        items: list[tuple[Route, Item, Optional[str]]] = []
+        for route in routes:
+            dest = route.dest
+            reason = None
+            if kind == TRACK:
+                assert event_name is not None
+                body = dest.encode_track(identifier, event_name, payload, timestamp)
+            elif kind == IDENTIFY:
+                body = dest.encode_identify(identifier, payload, timestamp)
+            else:
+                body = dest.encode_device(identifier, payload, timestamp)
+                reason = dest.device_rejection(payload)
+            if reason is None and dest.max_entry_bytes is not None and len(body) > dest.max_entry_bytes:
+                reason = "too_large"
+            items.append((route, (kind, body), reason))
+        failures: list[BaseException] = []
+        for route, item, reason in items:
+            if reason is not None:
+                route.drop_at_offer(item, reason, CDPError(f"{route.name}: event not sent ({reason})"))
+            elif self._cfg.sync_mode:
+                failure = route.send_now(item)
+                if failure is not None:
+                    failures.append(failure[1])
+            else:
+                route.put(item)
+        if failures:
+            error = failures[0]
+            raise error if isinstance(error, DeliveryError) else DeliveryError(str(error))
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._log.warning("%s", message)
+
+    # --------------------------------------------------------------------------- flush & exit
+    def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_TIMEOUT) -> DeliveryReport:
+        """Send everything queued now and wait until it is resolved or ``timeout`` seconds pass.
+
+        Returns a :class:`DeliveryReport`; it is truthy when every event enqueued before the call
+        was delivered to every destination.
+
+        >>> report = client.flush(timeout=10.0)  # doctest: +SKIP
+        >>> assert report, report  # doctest: +SKIP
+        """
+        start = time.monotonic()
+        deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
+        marks = [(route, *route.begin_flush()) for route in self._routes]
+        met = True
+        for route, target, _ in marks:
+            met = route.wait(target, deadline) and met
+        return self._report(marks, met, start)
+
+    def _report(self, marks: Sequence[tuple[Route, int, Any]], met: bool, start: float) -> DeliveryReport:
+        reports: dict[str, DestinationReport] = {
+            route.name: route.report(target, before) for route, target, before in marks
+        }
+        return DeliveryReport(types.MappingProxyType(reports), met, time.monotonic() - start)
+
+    def shutdown(self, timeout: Optional[float] = None) -> DeliveryReport:
+        """Flush, stop the threads and close connections, within ``timeout`` (default
+        ``shutdown_timeout``). Idempotent: later calls return the first call's report.
+
+        >>> client.shutdown(timeout=5.0)  # doctest: +SKIP
+        """
+        with self._shutdown_lock:
+            if self._shutdown_report is not None:
+                return self._shutdown_report
+            start = time.monotonic()
+            deadline = start + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
+            self._closed = True
+            self._fast_put = None
+            marks = [(route, *route.begin_flush()) for route in self._routes]
+            for route in self._routes:
+                route.begin_shutdown(deadline)
+            for route in self._routes:
+                route.finish_shutdown(deadline)
+            met = all(route.wait(target, deadline) for route, target, _ in marks)
+            report = self._report(marks, met, start)
+            self._shutdown_report = report
+            atexit.unregister(self._atexit_hook)
+            self._finalizer.detach()
+            _live_clients.discard(self)
+            return report
+
+    close = shutdown
+
+    def __enter__(self) -> CDPClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------------------- checks
+    def ping(self, timeout: Optional[float] = None) -> PingResult:
+        """``GET /v1/health/ping`` across the gateway hosts; the host that answered.
+
+        Raises :class:`DeliveryError` naming each host tried when none answers 2xx.
+
+        >>> client.ping().host  # doctest: +SKIP
+        'https://api.opencdp.io/gateway/data-gateway'
+        """
+        return self._opencdp.ping(timeout)
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of the counters, per destination.
+
+        >>> client.stats().destinations["opencdp"].delivered  # doctest: +SKIP
+        """
+        snaps = {route.name: route.snapshot() for route in self._routes}
+        return Stats(enqueued=snaps["opencdp"].enqueued, destinations=types.MappingProxyType(snaps))
+
+    # ------------------------------------------------------------------------------- fork
+    def _after_fork_in_child(self) -> None:
+        for route in self._routes:
+            route.after_fork_in_child()
+        self._shutdown_lock = threading.Lock()
+        self._set_fast_path()

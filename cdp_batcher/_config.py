@@ -1,0 +1,249 @@
+"""Configuration: frozen, keyword-only value objects validated at construction.
+
+Every check raises :class:`ConfigError` naming the field, what was expected and what was given.
+Secrets (API keys) never appear in a ``repr`` or an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, Optional, Union, cast
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CDP_ENDPOINT",
+    "DEFAULT_CDP_FALLBACK_ENDPOINTS",
+    "ClientConfig",
+    "CustomerIoConfig",
+    "normalize_endpoints",
+]
+
+DEFAULT_CDP_ENDPOINT = "https://api.opencdp.io/gateway/data-gateway"
+DEFAULT_CDP_FALLBACK_ENDPOINTS: tuple[str, ...] = (
+    "https://api.opencdp.com/gateway/data-gateway",
+    "https://api.opencdp.xyz/gateway/data-gateway",
+)
+CUSTOMERIO_REGIONS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+
+#: Hard cap on OpenCDP requests in flight (as the Node SDK).
+MAX_CONCURRENT_REQUESTS_CAP = 30
+
+_MISSING: Any = object()
+
+
+def _mask(secret: str) -> str:
+    return "'***'" if secret else "''"
+
+
+def _check_url(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a URL string, got {type(value).__name__}")
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL with a host, got {value!r}")
+    if parts.username or parts.password:
+        raise ConfigError(f"{name} must not carry credentials in the URL")
+    return url
+
+
+def normalize_endpoints(primary: str, fallbacks: Iterable[str]) -> tuple[str, ...]:
+    """Trim white space, drop trailing ``/`` and de-duplicate, primary first."""
+    hosts: list[str] = []
+    for i, url in enumerate([primary, *fallbacks]):
+        name = "cdp_endpoint" if i == 0 else f"cdp_fallback_endpoints[{i - 1}]"
+        clean = _check_url(name, url)
+        if clean not in hosts:
+            hosts.append(clean)
+    return tuple(hosts)
+
+
+def _number(
+    name: str, value: object, *, minimum: float, integer: bool = False, exclusive: bool = False
+) -> Any:
+    ok_types: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    number = float(cast(float, value))
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    if (exclusive and number <= minimum) or number < minimum:
+        bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomerIoConfig:
+    """Customer.io Track API credentials for dual-write.
+
+    >>> CustomerIoConfig(site_id="abc", api_key="secret", region="eu").base_url
+    'https://track-eu.customer.io'
+    """
+
+    site_id: str
+    api_key: str = dataclasses.field(repr=False)
+    region: str = "us"
+    url: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site_id, str) or not self.site_id.strip():
+            raise ConfigError("customer_io.site_id must be a non-empty string")
+        if not isinstance(self.api_key, str) or not self.api_key.strip():
+            raise ConfigError("customer_io.api_key must be a non-empty string")
+        if self.region not in CUSTOMERIO_REGIONS:
+            raise ConfigError(f"customer_io.region must be one of 'us', 'eu', got {self.region!r}")
+        if self.url is not None:
+            object.__setattr__(self, "url", _check_url("customer_io.url", self.url))
+
+    @property
+    def base_url(self) -> str:
+        """The Track API host this configuration resolves to (``url`` overrides ``region``)."""
+        return self.url if self.url is not None else CUSTOMERIO_REGIONS[self.region]
+
+    def __repr__(self) -> str:
+        return (
+            f"CustomerIoConfig(site_id={self.site_id!r}, api_key={_mask(self.api_key)}, "
+            f"region={self.region!r}, url={self.url!r})"
+        )
+
+
+OnError = Callable[[BaseException, Sequence[Any]], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Every setting of a :class:`CDPClient`, validated. Build it with :meth:`from_kwargs`."""
+
+    cdp_api_key: str
+    endpoints: tuple[str, ...]
+    timeout_ms: int = 10_000
+    max_batch_size: int = 100
+    flush_interval: float = 0.5
+    max_queue_size: int = 10_000
+    max_queue_bytes: int = 32 * 1024 * 1024
+    max_concurrent_requests: int = 10
+    max_retries: int = 8
+    retry_max_time: float = 60.0
+    shutdown_timeout: float = 5.0
+    on_error: Optional[OnError] = None
+    send: bool = True
+    sync_mode: bool = False
+    fail_on_exception: bool = False
+    debug: bool = False
+    session: Any = None
+    logger: Any = None
+    send_to_customer_io: bool = False
+    customer_io: Optional[CustomerIoConfig] = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={_mask(value) if f.name == 'cdp_api_key' else repr(value)}")
+        return f"ClientConfig({', '.join(shown)})"
+
+    @property
+    def timeout(self) -> float:
+        """Per-request timeout in seconds."""
+        return self.timeout_ms / 1000.0
+
+    @classmethod
+    def from_kwargs(
+        cls,
+        *,
+        cdp_api_key: str,
+        cdp_endpoint: Optional[str] = None,
+        cdp_fallback_endpoints: Optional[Sequence[str]] = None,
+        timeout_ms: int = 10_000,
+        max_batch_size: int = 100,
+        flush_interval: float = 0.5,
+        max_queue_size: int = 10_000,
+        max_queue_bytes: int = 32 * 1024 * 1024,
+        max_concurrent_requests: int = 10,
+        max_retries: int = 8,
+        retry_max_time: float = 60.0,
+        shutdown_timeout: float = 5.0,
+        on_error: Optional[OnError] = None,
+        send: bool = True,
+        sync_mode: bool = False,
+        fail_on_exception: bool = False,
+        debug: bool = False,
+        session: Any = None,
+        logger: Any = None,
+        send_to_customer_io: bool = False,
+        customer_io: Union[CustomerIoConfig, None] = None,
+    ) -> ClientConfig:
+        """Validate flat keyword arguments (the public names of :class:`CDPClient`)."""
+        if not isinstance(cdp_api_key, str) or not cdp_api_key.strip():
+            given = "an empty string" if isinstance(cdp_api_key, str) else type(cdp_api_key).__name__
+            raise ConfigError(f"cdp_api_key must be a non-empty string, got {given}")
+        primary = DEFAULT_CDP_ENDPOINT if cdp_endpoint is None else cdp_endpoint
+        if cdp_fallback_endpoints is None:
+            fallbacks: Sequence[str] = DEFAULT_CDP_FALLBACK_ENDPOINTS
+        elif isinstance(cdp_fallback_endpoints, str) or not isinstance(cdp_fallback_endpoints, Iterable):
+            raise ConfigError(
+                f"cdp_fallback_endpoints must be a list of URLs, got {type(cdp_fallback_endpoints).__name__}"
+            )
+        else:
+            fallbacks = list(cdp_fallback_endpoints)
+        endpoints = normalize_endpoints(primary, fallbacks)
+        concurrency = _number("max_concurrent_requests", max_concurrent_requests, minimum=1, integer=True)
+        if on_error is not None and not callable(on_error):
+            raise ConfigError(f"on_error must be callable(error, events), got {type(on_error).__name__}")
+        if session is not None and not (
+            callable(getattr(session, "send", None)) and hasattr(session, "adapters")
+        ):
+            raise ConfigError(f"session must be a requests.Session, got {type(session).__name__}")
+        if logger is not None:
+            missing = [
+                m for m in ("debug", "info", "warning", "error") if not callable(getattr(logger, m, None))
+            ]
+            if missing:
+                raise ConfigError(
+                    f"logger must have debug/info/warning/error methods; missing {', '.join(missing)}"
+                )
+        _flag("send_to_customer_io", send_to_customer_io)
+        if customer_io is not None and not isinstance(customer_io, CustomerIoConfig):
+            raise ConfigError(f"customer_io must be a CustomerIoConfig, got {type(customer_io).__name__}")
+        if send_to_customer_io and customer_io is None:
+            raise ConfigError(
+                "send_to_customer_io=True needs customer_io=CustomerIoConfig(site_id=..., api_key=...)"
+            )
+        return cls(
+            cdp_api_key=cdp_api_key,
+            endpoints=endpoints,
+            timeout_ms=_number("timeout_ms", timeout_ms, minimum=0, integer=True, exclusive=True),
+            max_batch_size=_number("max_batch_size", max_batch_size, minimum=1, integer=True),
+            flush_interval=float(_number("flush_interval", flush_interval, minimum=0, exclusive=True)),
+            max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
+            max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
+            max_concurrent_requests=min(concurrency, MAX_CONCURRENT_REQUESTS_CAP),
+            max_retries=_number("max_retries", max_retries, minimum=0, integer=True),
+            retry_max_time=float(_number("retry_max_time", retry_max_time, minimum=0)),
+            shutdown_timeout=float(_number("shutdown_timeout", shutdown_timeout, minimum=0)),
+            on_error=on_error,
+            send=_flag("send", send),
+            sync_mode=_flag("sync_mode", sync_mode),
+            fail_on_exception=_flag("fail_on_exception", fail_on_exception),
+            debug=_flag("debug", debug),
+            session=session,
+            logger=logger,
+            send_to_customer_io=send_to_customer_io,
+            customer_io=customer_io if send_to_customer_io else None,
+        )
+
+    def get_logger(self) -> Any:
+        """The logger to use: the user's, else ``logging.getLogger("cdp_batcher")``."""
+        return self.logger if self.logger is not None else logging.getLogger("cdp_batcher")

@@ -1,0 +1,101 @@
+"""The bounded in-memory queue of encoded events.
+
+``put`` never blocks and never raises: a full queue (by count or by bytes) drops the event and
+counts it. The queue's lock is the only lock on the caller's path; the route that owns the
+queue keeps its other counters under the same lock so that a snapshot is consistent.
+
+A producer wakes the flusher only when the queue goes from empty to non-empty (the flusher may
+need starting) or when a full batch is waiting; never once per event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from ._event import Item
+
+__all__ = ["EventQueue"]
+
+
+def _nothing() -> None:
+    return None
+
+
+class EventQueue:
+    """A FIFO of ``(kind, body)`` items bounded by ``max_events`` and ``max_bytes``."""
+
+    __slots__ = (
+        "_batch_mark",
+        "_bytes",
+        "_items",
+        "accepted",
+        "drained",
+        "first_at",
+        "full_drops",
+        "lock",
+        "max_bytes",
+        "max_events",
+        "offered",
+        "on_batch",
+        "on_first",
+    )
+
+    def __init__(self, max_events: int, max_bytes: int, batch_size: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._batch_mark = batch_size - 1
+        self.lock = threading.Lock()
+        self._items: deque[Item] = deque()
+        self._bytes = 0
+        self.offered = 0  # every put, accepted or not
+        self.accepted = 0  # items ever appended: the next item's sequence number
+        self.drained = 0  # items ever removed
+        self.full_drops = 0
+        self.first_at = 0.0  # monotonic time the queue last became non-empty
+        self.on_first: Callable[[], None] = _nothing
+        self.on_batch: Callable[[], None] = _nothing
+
+    def put(self, item: Item) -> bool:
+        """Append an item unless the queue is full; True when accepted. Never blocks."""
+        size = len(item[1])
+        with self.lock:
+            self.offered += 1
+            n = len(self._items)
+            if n >= self.max_events or self._bytes + size > self.max_bytes:
+                self.full_drops += 1
+                return False
+            self._items.append(item)
+            self._bytes += size
+            self.accepted += 1
+            if n == 0:
+                self.first_at = time.monotonic()
+        if n == 0:
+            self.on_first()
+        if n == self._batch_mark:
+            self.on_batch()
+        return True
+
+    def drain_locked(self, max_events: int) -> list[Item]:
+        """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""
+        items = self._items
+        n = min(max_events, len(items))
+        if n == len(items):
+            out = list(items)
+            items.clear()
+            self._bytes = 0
+        else:
+            popleft = items.popleft
+            out = [popleft() for _ in range(n)]
+            self._bytes -= sum(len(body) for _, body in out)
+        self.drained += n
+        return out
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes

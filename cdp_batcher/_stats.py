@@ -1,0 +1,136 @@
+"""Counters' frozen snapshots, the delivery report, and failed-event records.
+
+The live counters belong to each destination's route (see ``_worker``), updated under the
+queue's own lock; this module only holds the immutable values handed to users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any, Optional
+
+__all__ = ["DeliveryReport", "DestinationReport", "DestinationStats", "FailedEvent", "Stats", "frozen_counts"]
+
+
+def frozen_counts(counts: Mapping[str, int]) -> Mapping[str, int]:
+    """A read-only copy of a reason → count mapping, zero counts left out."""
+    return types.MappingProxyType({k: v for k, v in counts.items() if v})
+
+
+@dataclasses.dataclass(frozen=True)
+class DestinationStats:
+    """One destination's counters at one moment.
+
+    Invariant: ``enqueued == delivered + sum(failed) + sum(dropped) + queued + in_flight``.
+    """
+
+    enqueued: int
+    delivered: int
+    failed: Mapping[str, int]
+    dropped: Mapping[str, int]
+    retried: int
+    queued: int
+    in_flight: int
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enqueued": self.enqueued,
+            "delivered": self.delivered,
+            "failed": dict(self.failed),
+            "dropped": dict(self.dropped),
+            "retried": self.retried,
+            "queued": self.queued,
+            "in_flight": self.in_flight,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """A frozen snapshot of a client's counters: ``enqueued`` calls accepted, then per destination.
+
+    >>> client.stats().destinations["opencdp"].delivered  # doctest: +SKIP
+    42
+    """
+
+    enqueued: int
+    destinations: Mapping[str, DestinationStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enqueued": self.enqueued,
+            "destinations": {k: v.as_dict() for k, v in self.destinations.items()},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DestinationReport:
+    """What one destination resolved while a flush or shutdown ran, and what it left pending."""
+
+    delivered: int
+    failed: Mapping[str, int]
+    dropped: Mapping[str, int]
+    pending: int
+
+    def __bool__(self) -> bool:
+        return self.pending == 0 and not self.failed and not self.dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryReport:
+    """The result of :meth:`CDPClient.flush` / :meth:`CDPClient.shutdown`.
+
+    Counts are what each destination resolved between the call and its return; ``pending``
+    is what was enqueued before the call and is still not resolved. ``bool(report)`` is True
+    when nothing is pending, failed or dropped for any destination.
+
+    >>> report = client.flush(timeout=10.0)  # doctest: +SKIP
+    >>> if not report: print(report.destinations["opencdp"].failed)  # doctest: +SKIP
+    """
+
+    destinations: Mapping[str, DestinationReport]
+    deadline_met: bool
+    elapsed: float
+
+    def __bool__(self) -> bool:
+        return all(self.destinations.values())
+
+    @property
+    def delivered(self) -> int:
+        return sum(d.delivered for d in self.destinations.values())
+
+    @property
+    def pending(self) -> int:
+        return sum(d.pending for d in self.destinations.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(sum(d.failed.values()) for d in self.destinations.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(sum(d.dropped.values()) for d in self.destinations.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedEvent:
+    """One event that a destination could not deliver, as handed to ``on_error``.
+
+    ``properties`` is decoded from the queued bytes (what would have been sent).
+    """
+
+    destination: str
+    call: str
+    identifier: Optional[str]
+    event_name: Optional[str]
+    properties: Mapping[str, Any]
+    reason: str

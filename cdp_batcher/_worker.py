@@ -1,0 +1,498 @@
+"""The flusher: one route per destination — its queue, counters, dispatcher thread and senders.
+
+A route's dispatcher thread wakes when a full batch waits, when the oldest event has waited
+``flush_interval``, on ``flush()`` and on ``shutdown()``. It drains a batch, cuts it into
+units the destination can send in one request, and hands the units to a small pool of sender
+threads (``destination.concurrency`` of them; a concurrency of 1 sends from the dispatcher
+itself). Routes share nothing, so a slow or failing destination never delays another.
+
+Every item drained is resolved exactly once (delivered, failed or dropped) through a
+:class:`_Control`; the counters live under the queue's lock so that a snapshot always satisfies
+``enqueued == delivered + failed + dropped + queued + in_flight``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from queue import SimpleQueue
+from typing import Any, Callable, Optional
+
+from ._config import OnError
+from ._event import KIND_NAMES, Item
+from ._queue import EventQueue
+from ._stats import DestinationReport, DestinationStats, FailedEvent, frozen_counts
+from .destinations._base import Destination
+
+__all__ = ["LogLimiter", "Route"]
+
+_monotonic = time.monotonic
+
+DELIVERED, FAILED, DROPPED = 0, 1, 2
+
+
+class LogLimiter:
+    """Rate-limited logging: one line per key per ``interval``, then a count of what was held back."""
+
+    def __init__(self, logger: Any, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._seen: dict[str, list[float]] = {}  # key -> [last emitted, suppressed count]
+
+    def warn(self, key: str, message: str, *, level: str = "warning") -> None:
+        now = _monotonic()
+        with self._lock:
+            state = self._seen.get(key)
+            if state is not None and now - state[0] < self.interval:
+                state[1] += 1
+                return
+            held = int(state[1]) if state else 0
+            self._seen[key] = [now, 0]
+        suffix = f" ({held} similar message(s) suppressed in the last {self.interval:g}s)" if held else ""
+        getattr(self.logger, level)("%s%s", message, suffix)
+
+
+class _SenderPool:
+    """At most ``size`` units in flight; daemon sender threads started on demand."""
+
+    def __init__(self, size: int, run: Callable[[tuple[int, list[Item]]], None], name: str) -> None:
+        self._size = size
+        self._run = run
+        self._name = name
+        self._slots = threading.Semaphore(size)
+        self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def submit(self, unit: tuple[int, list[Item]]) -> None:
+        if self._size == 1:
+            self._run(unit)
+            return
+        self._slots.acquire()
+        with self._lock:
+            self._busy += 1
+            need_thread = self._busy > len(self._threads)
+        if need_thread:
+            thread = threading.Thread(target=self._loop, name=f"{self._name}-sender", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: send from this thread
+                self._run_one(unit)
+                return
+            self._threads.append(thread)
+        self._jobs.put(unit)
+
+    def _run_one(self, unit: tuple[int, list[Item]]) -> None:
+        try:
+            self._run(unit)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._slots.release()
+
+    def _loop(self) -> None:
+        while True:
+            unit = self._jobs.get()
+            if unit is None:
+                return
+            self._run_one(unit)
+
+    def stop(self, deadline: float) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - _monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+
+class _Control:
+    """The :class:`SendControl` handed to a destination with one unit."""
+
+    __slots__ = ("_base", "_route", "first_error", "unresolved")
+
+    def __init__(self, route: Route, base: Optional[int], count: int) -> None:
+        self._route = route
+        self._base = base
+        self.unresolved = count
+        self.first_error: Optional[tuple[str, BaseException]] = None
+
+    def remaining(self) -> Optional[float]:
+        deadline = self._route._deadline
+        return None if deadline is None else deadline - _monotonic()
+
+    def sleep(self, delay: float) -> bool:
+        route = self._route
+        end = _monotonic() + delay
+        with route._deadline_cond:
+            while True:
+                deadline = route._deadline
+                if deadline is not None and deadline < end:
+                    return False
+                left = end - _monotonic()
+                if left <= 0:
+                    return True
+                route._deadline_cond.wait(left)
+
+    def delivered(self, items: Sequence[Item]) -> None:
+        self._resolve(items, DELIVERED, "", None)
+
+    def failed(self, items: Sequence[Item], reason: str, error: BaseException) -> None:
+        self._resolve(items, FAILED, reason, error)
+
+    def dropped(self, items: Sequence[Item], reason: str, error: BaseException) -> None:
+        self._resolve(items, DROPPED, reason, error)
+
+    def retried(self, n: int = 1) -> None:
+        route = self._route
+        with route._lock:
+            route._retried += n
+
+    def warn(self, key: str, message: str) -> None:
+        self._route._limiter.warn(f"{self._route.name}:{key}", message)
+
+    def _resolve(
+        self, items: Sequence[Item], bucket: int, reason: str, error: Optional[BaseException]
+    ) -> None:
+        n = len(items)
+        if n == 0:
+            return
+        route = self._route
+        with route._lock:
+            route._in_flight -= n
+            if bucket == DELIVERED:
+                route._delivered += n
+            elif bucket == FAILED:
+                route._failed[reason] += n
+            else:
+                route._dropped[reason] += n
+            base = self._base
+            if base is not None:
+                left = route._outstanding[base] - n
+                if left > 0:
+                    route._outstanding[base] = left
+                else:
+                    del route._outstanding[base]
+            route._progress.notify_all()
+        self.unresolved -= n
+        if error is not None:
+            if self.first_error is None:
+                self.first_error = (reason, error)
+            route._report(items, reason, error, failed=bucket == FAILED)
+
+
+class Route:
+    """A destination with its own queue, counters, dispatcher thread, senders and deadline."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        max_queue_size: int,
+        max_queue_bytes: int,
+        max_batch_size: int,
+        flush_interval: float,
+        on_error: Optional[OnError],
+        limiter: LogLimiter,
+    ) -> None:
+        self.dest = destination
+        self.name = destination.name
+        self._max_queue_size = max_queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._batch_size = max_batch_size
+        self._interval = flush_interval
+        self._on_error = on_error
+        self._limiter = limiter
+        self._reset()
+
+    # ------------------------------------------------------------------ state (also after fork)
+    def _reset(self) -> None:
+        self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+        self._lock = self.queue.lock
+        self._progress = threading.Condition(self._lock)
+        self._deadline_cond = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self.queue.on_first = self._on_first
+        self.queue.on_batch = self._wake.set
+        self._delivered = 0
+        self._retried = 0
+        self._in_flight = 0
+        self._failed: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._outstanding: dict[int, int] = {}  # batch base sequence -> items not yet resolved
+        self._flush_target = 0
+        self._stopping = False
+        self._deadline: Optional[float] = None
+        self._thread: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self._rejects: deque[tuple[list[Item], str, BaseException]] = deque(maxlen=1000)
+        self._full_seen = 0
+        self._pool = _SenderPool(self.dest.concurrency, self._run_unit, f"cdp_batcher-{self.name}")
+
+    def after_fork_in_child(self) -> None:
+        """The child starts empty, with its own lock, thread and connections."""
+        self._reset()
+        self.dest.after_fork()
+
+    # ------------------------------------------------------------------------------ producers
+    @property
+    def put(self) -> Callable[[Item], bool]:
+        """The hot-path put (the queue's own bound method)."""
+        return self.queue.put
+
+    def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
+        """Count a call this destination will not take; report it via on_error when an error is given."""
+        with self._lock:
+            self.queue.offered += 1
+            self._dropped[reason] += 1
+        if error is not None and self._on_error is not None:
+            self._rejects.append(([item], reason, error))
+            self._wake.set()
+            self._on_first()
+
+    def send_now(self, item: Item) -> Optional[tuple[str, BaseException]]:
+        """sync_mode: send one item from the calling thread; the failure, if any."""
+        with self._lock:
+            self.queue.offered += 1
+            self._in_flight += 1
+        ctl = _Control(self, None, 1)
+        self._send_unit(ctl, [item])
+        return ctl.first_error
+
+    def _on_first(self) -> None:
+        thread = self._thread
+        if thread is None or self._pid != os.getpid() or not thread.is_alive():
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> bool:
+        with self._start_lock:
+            if self._pid != os.getpid():  # forked by a path that ran no at-fork hook
+                return False
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                return True
+            if self._stopping:
+                return False
+            thread = threading.Thread(target=self._run, name=f"cdp_batcher-{self.name}-flusher", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                return False
+            self._thread = thread
+            return True
+
+    # ----------------------------------------------------------------------------- dispatcher
+    def _run(self, inline: bool = False) -> None:
+        queue = self.queue
+        lock = self._lock
+        while True:
+            items: list[Item] = []
+            base = 0
+            with lock:
+                n = len(queue)
+                now = _monotonic()
+                deadline = self._deadline
+                if self._stopping and deadline is not None and now >= deadline:
+                    base = queue.drained
+                    items = queue.drain_locked(n)
+                    self._in_flight += len(items)
+                    if items:
+                        self._outstanding[base] = len(items)
+                    expired = True
+                else:
+                    expired = False
+                    urgent = self._stopping or inline or self._flush_target > queue.drained
+                    if n and (urgent or n >= self._batch_size or now - queue.first_at >= self._interval):
+                        base = queue.drained
+                        items = queue.drain_locked(self._batch_size)
+                        self._in_flight += len(items)
+                        self._outstanding[base] = len(items)
+                full = queue.full_drops
+            self._housekeeping(full)
+            if expired:
+                if items:
+                    ctl = _Control(self, base, len(items))
+                    ctl.dropped(
+                        items, "shutdown_timeout", TimeoutError("shutdown deadline passed before sending")
+                    )
+                break
+            if items:
+                for unit in self._units(items, base):
+                    self._pool.submit(unit)
+                continue
+            if self._stopping or inline:
+                break
+            timeout = self._interval if n == 0 else max(0.0, queue.first_at + self._interval - now)
+            self._wake.wait(timeout)
+            self._wake.clear()
+        self._housekeeping(self.queue.full_drops)
+        with self._progress:
+            self._progress.wait_for(lambda: not self._outstanding, timeout=self._time_left())
+
+    def _time_left(self) -> Optional[float]:
+        deadline = self._deadline
+        return None if deadline is None else max(0.0, deadline - _monotonic())
+
+    def _units(self, items: list[Item], base: int) -> list[tuple[int, list[Item]]]:
+        """Cut a drained batch into units of at most max_unit_events / max_unit_bytes."""
+        dest = self.dest
+        per = dest.max_unit_events
+        if per == 1:
+            return [(base, [item]) for item in items]
+        limit = dest.max_unit_bytes
+        units: list[tuple[int, list[Item]]] = []
+        current: list[Item] = []
+        size = 0
+        for item in items:
+            body = len(item[1]) + 1
+            if current and (len(current) >= per or (limit is not None and size + body > limit)):
+                units.append((base, current))
+                current, size = [], 0
+            current.append(item)
+            size += body
+        if current:
+            units.append((base, current))
+        return units
+
+    def _run_unit(self, unit: tuple[int, list[Item]]) -> None:
+        base, items = unit
+        self._send_unit(_Control(self, base, len(items)), items)
+
+    def _send_unit(self, ctl: _Control, items: list[Item]) -> None:
+        try:
+            self.dest.send(items, ctl)
+        except Exception as exc:  # a destination must not raise; never lose track of its items
+            self._limiter.warn(
+                f"{self.name}:internal", f"{self.name}: destination raised {type(exc).__name__}"
+            )
+            if ctl.unresolved:
+                ctl.failed(items[len(items) - ctl.unresolved :], "internal_error", exc)
+            return
+        if ctl.unresolved > 0:
+            ctl.failed(
+                items[len(items) - ctl.unresolved :], "internal_error", RuntimeError("items left unresolved")
+            )
+
+    def _housekeeping(self, full_drops: int) -> None:
+        if full_drops != self._full_seen:
+            delta, self._full_seen = full_drops - self._full_seen, full_drops
+            self._limiter.warn(
+                f"{self.name}:queue_full",
+                f"{self.name}: queue full, {delta} event(s) dropped (reason queue_full)",
+            )
+        while self._rejects:
+            items, reason, error = self._rejects.popleft()
+            self._call_on_error(items, reason, error)
+
+    # ---------------------------------------------------------------------- failure reporting
+    def _report(self, items: Sequence[Item], reason: str, error: BaseException, *, failed: bool) -> None:
+        kind = "failed" if failed else "dropped"
+        self._limiter.warn(
+            f"{self.name}:{kind}:{reason}", f"{self.name}: {len(items)} event(s) {kind} ({reason}): {error}"
+        )
+        self._call_on_error(items, reason, error)
+
+    def _call_on_error(self, items: Sequence[Item], reason: str, error: BaseException) -> None:
+        callback = self._on_error
+        if callback is None:
+            return
+        try:
+            records = [self.failed_event(item, reason) for item in items]
+            callback(error, records)
+        except Exception as exc:
+            self._limiter.warn(
+                "on_error", f"on_error callback raised {type(exc).__name__}: {exc}", level="error"
+            )
+
+    def failed_event(self, item: Item, reason: str) -> FailedEvent:
+        kind, _ = item
+        try:
+            identifier, event_name, properties = self.dest.describe(item)
+        except Exception:
+            identifier, event_name, properties = None, None, {}
+        return FailedEvent(self.name, KIND_NAMES[kind], identifier, event_name, properties, reason)
+
+    # --------------------------------------------------------------------- flush and shutdown
+    def begin_flush(self) -> tuple[int, tuple[int, Counter[str], Counter[str]]]:
+        """Ask for everything queued so far to be sent now; returns (target, counters before)."""
+        with self._lock:
+            target = self.queue.accepted
+            if target > self._flush_target:
+                self._flush_target = target
+            before = (self._delivered, Counter(self._failed), Counter(self._dropped))
+            waiting = len(self.queue) > 0 or bool(self._rejects)
+        self._wake.set()
+        if waiting and not self._ensure_thread() and self._pid == os.getpid():
+            self._run(inline=True)
+        return target, before
+
+    def _done(self, target: int) -> bool:
+        if self.queue.drained < target:
+            return False
+        return not self._outstanding or min(self._outstanding) >= target
+
+    def wait(self, target: int, deadline: float) -> bool:
+        with self._progress:
+            return self._progress.wait_for(
+                lambda: self._done(target), timeout=max(0.0, deadline - _monotonic())
+            )
+
+    def report(self, target: int, before: tuple[int, Counter[str], Counter[str]]) -> DestinationReport:
+        with self._lock:
+            pending = max(0, target - self.queue.drained)
+            pending += sum(n for b, n in self._outstanding.items() if b < target)
+            delivered = self._delivered - before[0]
+            failed = self._failed - before[1]
+            dropped = self._dropped - before[2]
+        return DestinationReport(delivered, frozen_counts(failed), frozen_counts(dropped), pending)
+
+    def begin_shutdown(self, deadline: float) -> None:
+        with self._lock:
+            self._stopping = True
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline = deadline
+        with self._deadline_cond:
+            self._deadline_cond.notify_all()
+        self._wake.set()
+
+    def finish_shutdown(self, deadline: float) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - _monotonic()))
+        elif (len(self.queue) or self._rejects) and self._pid == os.getpid():
+            self._run(inline=True)
+        self._pool.stop(deadline)
+        if thread is None or not thread.is_alive():
+            self.dest.close()
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            return not len(self.queue) and not self._outstanding and not self._in_flight
+
+    # ---------------------------------------------------------------------------------- stats
+    def snapshot(self) -> DestinationStats:
+        with self._lock:
+            dropped = Counter(self._dropped)
+            if self.queue.full_drops:
+                dropped["queue_full"] += self.queue.full_drops
+            return DestinationStats(
+                enqueued=self.queue.offered,
+                delivered=self._delivered,
+                failed=frozen_counts(self._failed),
+                dropped=frozen_counts(dropped),
+                retried=self._retried,
+                queued=len(self.queue),
+                in_flight=self._in_flight,
+            )
+
+    def threads(self) -> Mapping[str, bool]:
+        """Names of this route's threads that are alive (for tests and diagnostics)."""
+        alive = {}
+        if self._thread is not None:
+            alive[self._thread.name] = self._thread.is_alive()
+        return alive

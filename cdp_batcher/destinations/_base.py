@@ -1,0 +1,100 @@
+"""The destination interface: what the pipeline asks of OpenCDP, Customer.io and any later one.
+
+A destination turns a validated call into its own wire bytes (at call time, in the caller's
+thread) and later sends a unit of those items (in a flusher thread). ``send`` never raises: it
+resolves every item it was given exactly once through the :class:`SendControl`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Protocol
+
+from .._event import Item
+
+__all__ = ["Destination", "DeviceInfo", "SendControl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """A validated ``register_device`` call (attributes already encoded or None)."""
+
+    device_id: str
+    platform: str
+    fcm_token: Optional[str] = None
+    apn_token: Optional[str] = None
+    name: Optional[str] = None
+    os_version: Optional[str] = None
+    model: Optional[str] = None
+    app_version: Optional[str] = None
+    last_active_at: Optional[Any] = None
+    attributes: Optional[Any] = None
+
+
+class SendControl(Protocol):
+    """What a destination gets with each unit: the deadline, interruptible waits, and outcomes."""
+
+    def remaining(self) -> Optional[float]:
+        """Seconds until the deadline (None: no deadline). May be <= 0."""
+
+    def sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds unless shutdown's deadline makes that pointless; True if waited."""
+
+    def delivered(self, items: Sequence[Item]) -> None: ...
+
+    def failed(self, items: Sequence[Item], reason: str, error: BaseException) -> None: ...
+
+    def dropped(self, items: Sequence[Item], reason: str, error: BaseException) -> None: ...
+
+    def retried(self, n: int = 1) -> None: ...
+
+    def warn(self, key: str, message: str) -> None:
+        """A rate-limited warning (one line per key per interval, with a count)."""
+
+
+class Destination(abc.ABC):
+    """One place events go. Subclasses set the class attributes that shape their units."""
+
+    #: Name used in stats, reports and ``on_error`` records.
+    name: str = ""
+    #: Events per request (1: one request per event).
+    max_unit_events: int = 1
+    #: Bytes per request body (None: unbounded), counting only entries.
+    max_unit_bytes: Optional[int] = None
+    #: An entry larger than this is dropped (reason ``"too_large"``) at call time.
+    max_entry_bytes: Optional[int] = None
+    #: Units sent at once.
+    concurrency: int = 1
+    #: Whether encode_* use the timestamp argument.
+    needs_timestamp: bool = False
+
+    @abc.abstractmethod
+    def encode_identify(self, identifier: str, properties: Any, timestamp: float) -> bytes: ...
+
+    @abc.abstractmethod
+    def encode_track(self, identifier: str, event_name: str, properties: Any, timestamp: float) -> bytes: ...
+
+    @abc.abstractmethod
+    def encode_device(self, identifier: str, device: DeviceInfo, timestamp: float) -> bytes: ...
+
+    def device_rejection(self, device: DeviceInfo) -> Optional[str]:
+        """A drop reason when this destination cannot take this device (e.g. ``unsupported_platform``)."""
+        return None
+
+    @abc.abstractmethod
+    def send(self, items: Sequence[Item], ctl: SendControl) -> None:
+        """Deliver a unit; resolve each item exactly once through ``ctl``; never raise."""
+
+    @abc.abstractmethod
+    def describe(self, item: Item) -> tuple[Optional[str], Optional[str], Mapping[str, Any]]:
+        """``(identifier, event_name, properties)`` decoded from a queued item."""
+
+    def after_fork(self) -> None:
+        """Called in a forked child: drop connections inherited from the parent."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""
+        return None

@@ -1,0 +1,256 @@
+"""OpenCDP gateway: one POST per event, failover across gateway hosts, shared retry policy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import requests
+
+from .._errors import DeliveryError
+from .._event import (
+    IDENTIFY,
+    TRACK,
+    Item,
+    OpenCdpDevice,
+    OpenCdpIdentify,
+    OpenCdpTrack,
+    decode,
+    encode,
+)
+from .._retry import RetryPolicy
+from ._base import Destination, DeviceInfo, SendControl
+from ._http import Answer, HttpTransport, TransportError
+
+__all__ = ["HostRing", "OpenCdpDestination", "PingResult"]
+
+PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevice")
+PING_PATH = "/v1/health/ping"
+
+#: After this long on a fallback host, the primary is tried first again.
+PRIMARY_RETRY_AFTER = 30.0
+
+
+class PingResult:
+    """Which gateway host answered a ping, with what status, and how fast."""
+
+    __slots__ = ("elapsed", "host", "status")
+
+    def __init__(self, host: str, status: int, elapsed: float) -> None:
+        self.host = host
+        self.status = status
+        self.elapsed = elapsed
+
+    def __repr__(self) -> str:
+        return f"PingResult(host={self.host!r}, status={self.status}, elapsed={self.elapsed:.3f})"
+
+
+class HostRing:
+    """Gateway hosts in failover order, sticky to the last host that answered.
+
+    The primary is tried first again ``PRIMARY_RETRY_AFTER`` seconds after a failover.
+    """
+
+    def __init__(self, hosts: Sequence[str]) -> None:
+        self.hosts = tuple(hosts)
+        self._preferred = 0
+        self._since = 0.0
+
+    def order(self) -> Sequence[str]:
+        start = self._preferred
+        if start and time.monotonic() - self._since > PRIMARY_RETRY_AFTER:
+            start = self._preferred = 0
+        if start == 0:
+            return self.hosts
+        return self.hosts[start:] + self.hosts[:start]
+
+    def answered(self, host: str) -> None:
+        index = self.hosts.index(host)
+        if index != self._preferred:
+            self._preferred = index
+            self._since = time.monotonic()
+
+
+class OpenCdpDestination(Destination):
+    """Delivers identify/track/registerDevice to the OpenCDP gateway, one request per event."""
+
+    name = "opencdp"
+    max_unit_events = 1
+    needs_timestamp = False
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        endpoints: Sequence[str],
+        timeout: float,
+        concurrency: int,
+        policy: RetryPolicy,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        self.concurrency = concurrency
+        self.ring = HostRing(endpoints)
+        self._timeout = timeout
+        self._policy = policy
+        self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
+        self._http = HttpTransport(session, pool_size=concurrency)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenCdpDestination(hosts={self.ring.hosts!r})"
+
+    # ------------------------------------------------------------------------------- encoding
+    def encode_identify(self, identifier: str, properties: Any, timestamp: float) -> bytes:
+        return encode(OpenCdpIdentify(identifier, properties))
+
+    def encode_track(self, identifier: str, event_name: str, properties: Any, timestamp: float) -> bytes:
+        return encode(OpenCdpTrack(identifier, event_name, properties))
+
+    def encode_device(self, identifier: str, device: DeviceInfo, timestamp: float) -> bytes:
+        return encode(
+            OpenCdpDevice(
+                identifier=identifier,
+                deviceId=device.device_id,
+                platform=device.platform,
+                fcmToken=device.fcm_token,
+                apnToken=device.apn_token,
+                name=device.name,
+                osVersion=device.os_version,
+                model=device.model,
+                appVersion=device.app_version,
+                last_active_at=device.last_active_at,
+                attributes=device.attributes,
+            )
+        )
+
+    def describe(self, item: Item) -> tuple[Optional[str], Optional[str], Mapping[str, Any]]:
+        kind, body = item
+        data = decode(body)
+        props = data.get("properties") if kind in (IDENTIFY, TRACK) else data.get("attributes")
+        return data.get("identifier"), data.get("eventName"), props or {}
+
+    # -------------------------------------------------------------------------------- sending
+    def send(self, items: Sequence[Item], ctl: SendControl) -> None:
+        for item in items:
+            self._deliver(item, ctl)
+
+    def _deliver(self, item: Item, ctl: SendControl) -> None:
+        path = PATHS[item[0]]
+        policy = self._policy
+        delays = policy.delays()
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            answer, error, reason = self.post_with_failover(path, item[1], ctl.remaining())
+            attempts += 1
+            if answer is not None and answer.ok:
+                ctl.delivered((item,))
+                return
+            assert error is not None
+            retryable = answer is None or policy.is_retryable_status(answer.status)
+            if not retryable:
+                ctl.failed((item,), reason, error)
+                return
+            delay = policy.next_delay(delays, answer.retry_after if answer is not None else None)
+            if not policy.may_retry(attempts, started, time.monotonic(), delay) or not ctl.sleep(delay):
+                ctl.failed((item,), reason, error)
+                return
+            ctl.retried(1)
+
+    def post_with_failover(
+        self, path: str, body: Optional[bytes], remaining: Optional[float], *, method: str = "POST"
+    ) -> tuple[Optional[Answer], Optional[DeliveryError], str]:
+        """One attempt across the hosts: the answer, or the error and reason of the last host.
+
+        Moves to the next host on a network error or a non-2xx answer, except answers that say
+        the request itself is bad (400, 401, 403, 404, 413, 422).
+        """
+        tried: list[str] = []
+        answer: Optional[Answer] = None
+        error: Optional[DeliveryError] = None
+        reason = "no_host"
+        for host in self.ring.order():
+            timeout = self._timeout
+            if remaining is not None:
+                left = remaining
+                if left <= 0:
+                    reason = "deadline"
+                    error = DeliveryError(
+                        "deadline passed before the request could be sent",
+                        host=host,
+                        hosts_tried=tuple(tried),
+                    )
+                    break
+                timeout = min(timeout, left)
+            tried.append(host)
+            start = time.monotonic()
+            try:
+                answer = self._http.request(
+                    method, host + path, body=body, headers=self._headers, timeout=timeout
+                )
+            except TransportError as exc:
+                answer = None
+                reason = exc.reason
+                error = DeliveryError(f"{path} to {host}: {exc}", host=host, hosts_tried=tuple(tried))
+            else:
+                if answer.ok:
+                    self.ring.answered(host)
+                    return answer, None, "ok"
+                reason = f"http_{answer.status}"
+                text = answer.error_text()
+                error = DeliveryError(
+                    f"{path} to {host}: HTTP {answer.status}" + (f": {text}" if text else ""),
+                    status_code=answer.status,
+                    host=host,
+                    server_message=text or None,
+                    hosts_tried=tuple(tried),
+                )
+                if not RetryPolicy.should_fail_over(answer.status):
+                    return answer, error, reason
+            if remaining is not None:
+                remaining -= time.monotonic() - start
+        if error is None:
+            error = DeliveryError("no gateway host configured")
+        return answer, error, reason
+
+    def ping(self, timeout: Optional[float] = None) -> PingResult:
+        """GET /v1/health/ping on each host in failover order; the first 2xx wins."""
+        failures: list[str] = []
+        limit = self._timeout if timeout is None else timeout
+        last_status: Optional[int] = None
+        for host in self.ring.order():
+            start = time.monotonic()
+            try:
+                answer = self._http.request(
+                    "GET", host + PING_PATH, body=None, headers=self._headers, timeout=limit
+                )
+            except TransportError as exc:
+                failures.append(f"{host} ({exc})")
+                continue
+            if answer.ok:
+                self.ring.answered(host)
+                return PingResult(host, answer.status, time.monotonic() - start)
+            last_status = answer.status
+            failures.append(f"{host} (HTTP {answer.status})")
+        raise DeliveryError(
+            "ping failed on every gateway host: " + "; ".join(failures),
+            status_code=last_status,
+            host=self.ring.hosts[-1] if self.ring.hosts else None,
+            hosts_tried=tuple(self.ring.hosts),
+        )
+
+    @property
+    def http(self) -> HttpTransport:
+        return self._http
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def after_fork(self) -> None:
+        self._http.after_fork()
+
+    def close(self) -> None:
+        self._http.close()
