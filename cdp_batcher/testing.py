@@ -501,6 +501,7 @@ class Collector:
         self._printer = printer
 
         self._lock = threading.Lock()
+        self._print_lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._requests: list[RecordedRequest] = []
         self._events: dict[str, list[dict[str, Any]]] = {d: [] for d in _DESTINATIONS}
@@ -767,7 +768,8 @@ class Collector:
         if printer is None:
             return
         try:
-            printer(line)
+            with self._print_lock:  # one whole line at a time from concurrent handler threads
+                printer(line)
         except Exception:
             logger.debug("collector: printer raised", exc_info=True)
 
