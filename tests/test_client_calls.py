@@ -79,7 +79,7 @@ def test_ping_vector_and_auth_header(collector: Collector, make_client: MakeClie
     assert client.flush(timeout=10)
     ping = [r for r in collector.requests if r.path == vector["path"]]
     assert ping and ping[0].method == "GET" and ping[0].body == b""
-    track = [r for r in collector.requests if r.path == "/v1/persons/track"][0]
+    track = next(r for r in collector.requests if r.path == "/v1/persons/track")
     assert track.header("Authorization") == API_KEY
     assert track.header("Content-Type") == "application/json"
 
