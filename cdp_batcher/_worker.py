@@ -287,7 +287,9 @@ class Route:
             return True
 
     # ----------------------------------------------------------------------------- dispatcher
-    def _run(self, inline: bool = False) -> None:
+    def _run(self, inline: bool = False, until: Optional[float] = None) -> None:
+        """The dispatcher loop (its thread's target). ``inline``: run in the caller until the
+        queue is empty (no thread could start), waiting for senders at most until ``until``."""
         queue = self.queue
         lock = self._lock
         while True:
@@ -332,7 +334,8 @@ class Route:
             self._wake.clear()
         self._housekeeping(self.queue.full_drops)
         with self._progress:
-            self._progress.wait_for(lambda: not self._outstanding, timeout=self._time_left())
+            left = self._time_left() if until is None else max(0.0, until - _monotonic())
+            self._progress.wait_for(lambda: not self._outstanding, timeout=left)
 
     def _time_left(self) -> Optional[float]:
         deadline = self._deadline
@@ -418,8 +421,12 @@ class Route:
         return FailedEvent(self.name, KIND_NAMES[kind], identifier, event_name, properties, reason)
 
     # --------------------------------------------------------------------- flush and shutdown
-    def begin_flush(self) -> tuple[int, tuple[int, Counter[str], Counter[str]]]:
-        """Ask for everything queued so far to be sent now; returns (target, counters before)."""
+    def begin_flush(
+        self, deadline: Optional[float] = None, *, inline: bool = True
+    ) -> tuple[int, tuple[int, Counter[str], Counter[str]]]:
+        """Ask for everything queued so far to be sent now; returns (target, counters before).
+
+        When no flusher thread can run (interpreter shutdown), sends from the calling thread."""
         with self._lock:
             target = self.queue.accepted
             if target > self._flush_target:
@@ -427,8 +434,8 @@ class Route:
             before = (self._delivered, Counter(self._failed), Counter(self._dropped))
             waiting = len(self.queue) > 0 or bool(self._rejects)
         self._wake.set()
-        if waiting and not self._ensure_thread() and self._pid == os.getpid():
-            self._run(inline=True)
+        if waiting and not self._ensure_thread() and inline and self._pid == os.getpid():
+            self._run(inline=True, until=deadline)
         return target, before
 
     def _done(self, target: int) -> bool:
@@ -465,7 +472,7 @@ class Route:
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - _monotonic()))
         elif (len(self.queue) or self._rejects) and self._pid == os.getpid():
-            self._run(inline=True)
+            self._run(inline=True, until=deadline)
         self._pool.stop(deadline)
         if thread is None or not thread.is_alive():
             self.dest.close()
