@@ -375,7 +375,7 @@ class CDPClient:
         """
         start = time.monotonic()
         deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
-        marks = [(route, *route.begin_flush()) for route in self._routes]
+        marks = [(route, *route.begin_flush(deadline)) for route in self._routes]
         met = True
         for route, target, _ in marks:
             met = route.wait(target, deadline) and met
@@ -400,7 +400,8 @@ class CDPClient:
             deadline = start + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
             self._closed = True
             self._fast_put = None
-            marks = [(route, *route.begin_flush()) for route in self._routes]
+            # No inline sending here: finish_shutdown does it, once the deadline caps requests.
+            marks = [(route, *route.begin_flush(deadline, inline=False)) for route in self._routes]
             for route in self._routes:
                 route.begin_shutdown(deadline)
             for route in self._routes:
