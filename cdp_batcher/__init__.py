@@ -9,6 +9,7 @@ from ._client import CDPClient
 from ._config import ClientConfig, CustomerIoConfig
 from ._errors import CDPError, ConfigError, DeliveryError, SerializationError, ValidationError
 from ._stats import DeliveryReport, DestinationReport, DestinationStats, FailedEvent, Stats
+from ._transactional import SendEmailRequest, SendPushRequest, SendResult, SendSmsRequest
 from ._version import __version__
 from .destinations.opencdp import PingResult
 
@@ -24,6 +25,10 @@ __all__ = [
     "DestinationStats",
     "FailedEvent",
     "PingResult",
+    "SendEmailRequest",
+    "SendPushRequest",
+    "SendResult",
+    "SendSmsRequest",
     "SerializationError",
     "Stats",
     "ValidationError",

@@ -40,22 +40,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Optional, TypeVar, Union
 
 import msgspec
 
-from ._errors import SerializationError, ValidationError
+from ._errors import DeliveryError, SerializationError, ValidationError
 
 __all__ = [
     "PATHS",
     "SendEmailRequest",
     "SendPushRequest",
+    "SendResult",
     "SendSmsRequest",
     "TransactionalRequest",
     "build_email",
+    "build_request",
     "build_push",
     "build_sms",
     "encode_request",
@@ -422,6 +425,23 @@ def _build(kind: type[_R], func: str, request: Optional[_R], fields: dict[str, A
     return kind(**fields)
 
 
+def build_request(kind: type[_R], request: Optional[_R], fields: dict[str, Any], *, func: str) -> _R:
+    """Like ``build_email``/``build_push``/``build_sms`` for ``kind``, naming ``func`` in TypeErrors.
+
+    >>> build_request(SendPushRequest, None, {"identifiers": {"id": "u1"}, "transactional_message_id": 7},
+    ...               func="send_push").transactional_message_id
+    7
+    """
+    req = _build(kind, func, request, fields)
+    if isinstance(req, SendEmailRequest):
+        validate_email(req)
+    elif isinstance(req, SendPushRequest):
+        validate_push(req)
+    else:
+        validate_sms(req)
+    return req
+
+
 def build_email(request: Optional[SendEmailRequest] = None, /, **fields: Any) -> SendEmailRequest:
     """Return a validated email request, from a ``SendEmailRequest`` or from keyword fields.
 
@@ -527,3 +547,63 @@ def unsupported_fields(req: TransactionalRequest) -> tuple[str, ...]:
     if not isinstance(req, SendEmailRequest):
         return ()
     return tuple(name for name in _UNSUPPORTED_EMAIL_FIELDS if getattr(req, name) is not None)
+
+
+# -- result -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SendResult(Mapping[str, Any]):
+    """The outcome of ``send_email``/``send_push``/``send_sms``; truthy when the gateway took it.
+
+    It is also a read-only mapping of the server's parsed JSON answer (empty when the answer was
+    not a JSON object; ``body`` keeps whatever was parsed), so ``result["delivery_id"]`` works.
+
+    Attributes: ``ok``; ``status_code`` (None when no HTTP answer came); ``host`` (the gateway
+    base URL that answered or was tried last); ``body``; ``error`` (a
+    :class:`~cdp_batcher.DeliveryError` on failure, else None); ``reason`` (``"ok"``, ``"http_500"``,
+    ``"timeout"``, ``"connection_error"``, ``"disabled"``, ``"shutdown"``, ...); ``attempts``
+    (requests made) and ``elapsed`` (seconds).
+
+    >>> result = client.send_sms(identifiers={"id": "u1"}, to="+15550001111", body="Code: 1234")  # doctest: +SKIP
+    >>> if result:  # doctest: +SKIP
+    ...     print(result["delivery_id"], result.host)
+    ... else:
+    ...     print(result.reason, result.error)
+    """
+
+    ok: bool
+    status_code: Optional[int] = None
+    host: Optional[str] = None
+    body: Any = None
+    error: Optional[DeliveryError] = None
+    reason: str = "ok"
+    attempts: int = 0
+    elapsed: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def _mapping(self) -> Mapping[str, Any]:
+        return self.body if isinstance(self.body, dict) else {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    __hash__ = None  # type: ignore[assignment]  # body is a dict
+
+    def __repr__(self) -> str:
+        if self.ok:
+            return (
+                f"SendResult(ok=True, status_code={self.status_code}, host={self.host!r}, body={self.body!r})"
+            )
+        return (
+            f"SendResult(ok=False, status_code={self.status_code}, host={self.host!r}, "
+            f"reason={self.reason!r}, error={str(self.error) if self.error else None!r})"
+        )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import requests
 
@@ -20,11 +21,11 @@ from .._event import (
     decode,
     encode,
 )
-from .._retry import RetryPolicy
+from .._retry import NOT_SENT, RetryPolicy
 from ._base import Destination, DeviceInfo, SendControl
 from ._http import Answer, HttpTransport, TransportError
 
-__all__ = ["HostRing", "OpenCdpDestination", "PingResult"]
+__all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "server_message"]
 
 PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevice")
 PING_PATH = "/v1/health/ping"
@@ -45,6 +46,46 @@ class PingResult:
 
     def __repr__(self) -> str:
         return f"PingResult(host={self.host!r}, status={self.status}, elapsed={self.elapsed:.3f})"
+
+
+@dataclasses.dataclass(frozen=True)
+class SendOutcome:
+    """What :meth:`OpenCdpDestination.send_at_most_once` came to.
+
+    ``answer`` is the last HTTP answer (None when none came), ``host`` the host that gave it or
+    was tried last, ``error`` None on success, ``reason`` ``"ok"`` or a failure reason
+    (``http_500``, ``timeout``, ``connection_error``, ``no_host``), ``attempts`` the requests made
+    and ``hosts_tried`` each host tried, in order, once.
+    """
+
+    answer: Optional[Answer]
+    host: Optional[str]
+    error: Optional[DeliveryError]
+    reason: str
+    attempts: int
+    hosts_tried: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.answer is not None and self.answer.ok
+
+
+def server_message(answer: Answer) -> str:
+    """The server's error text: ``message``/``error`` of a JSON object answer, else the raw text.
+
+    >>> server_message(Answer(400, None, b'{"error": "bad to"}'))
+    'bad to'
+    """
+    try:
+        data = decode(answer.content) if answer.content else None
+    except Exception:
+        data = None
+    if isinstance(data, dict):
+        for key in ("message", "error"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:300]
+    return answer.error_text()
 
 
 class HostRing:
@@ -215,12 +256,99 @@ class OpenCdpDestination(Destination):
             error = DeliveryError("no gateway host configured")
         return answer, error, reason
 
+    def send_at_most_once(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        note: Optional[Callable[[str], None]] = None,
+    ) -> SendOutcome:
+        """POST a request that must not be processed twice (a transactional send).
+
+        Moves to the next host, and after a round of every host waits and starts a new round,
+        only when the request surely did not reach a server: no connection could be made
+        (refused, DNS, TLS handshake, connect timeout: ``TransportError.maybe_sent`` is False) or
+        the answer is 429/503 (refused before processing). A 2xx, any other status, a read
+        timeout or a reset once the request was sent end the call at once. Waits come from the
+        retry policy (backoff, ``Retry-After`` capped at ``retry_after_cap``; the largest one of
+        a round is honoured); rounds stop at ``max_retries`` retries or when the next wait would
+        end past ``max_time`` seconds after the start. ``note`` receives debug lines (no keys,
+        no bodies).
+
+        >>> dest.send_at_most_once("/v1/send/sms", body).ok  # doctest: +SKIP
+        True
+        """
+        policy = self._policy
+        delays = policy.delays()
+        started = time.monotonic()
+        attempts = rounds = 0
+        tried: list[str] = []
+        last = SendOutcome(None, None, DeliveryError("no gateway host configured"), "no_host", 0, ())
+        while True:
+            retry_after: Optional[float] = None
+            for host in self.ring.order():
+                if rounds and time.monotonic() - started >= policy.max_time:
+                    return last
+                attempts += 1
+                if host not in tried:
+                    tried.append(host)
+                try:
+                    answer = self._http.request(
+                        "POST", host + path, body=body, headers=self._headers, timeout=self._timeout
+                    )
+                except TransportError as exc:
+                    if exc.maybe_sent:
+                        error = DeliveryError(
+                            f"{path} to {host}: {exc}; not retried (the request may have reached the server)",
+                            host=host,
+                            hosts_tried=tuple(tried),
+                        )
+                        return SendOutcome(None, host, error, exc.reason, attempts, tuple(tried))
+                    error = DeliveryError(f"{path} to {host}: {exc}", host=host, hosts_tried=tuple(tried))
+                    last = SendOutcome(None, host, error, exc.reason, attempts, tuple(tried))
+                    if note is not None:
+                        note(f"{path}: {host} was not reached ({exc}); trying the next host")
+                    continue
+                if answer.ok:
+                    self.ring.answered(host)
+                    return SendOutcome(answer, host, None, "ok", attempts, tuple(tried))
+                text = server_message(answer)
+                error = DeliveryError(
+                    f"{path} to {host}: HTTP {answer.status}" + (f": {text}" if text else ""),
+                    status_code=answer.status,
+                    host=host,
+                    server_message=text or None,
+                    hosts_tried=tuple(tried),
+                )
+                last = SendOutcome(answer, host, error, f"http_{answer.status}", attempts, tuple(tried))
+                if answer.status not in NOT_SENT:
+                    return last
+                if answer.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, answer.retry_after)
+                if note is not None:
+                    note(f"{path}: {host} refused the request (HTTP {answer.status}); trying the next host")
+            if not tried:
+                return last
+            rounds += 1
+            delay = policy.next_delay(delays, retry_after)
+            if not policy.may_retry(rounds, started, time.monotonic(), delay):
+                return last
+            if note is not None:
+                note(f"{path}: no host took the request; retrying in {delay:.2f}s")
+            if sleep(delay) is False:
+                return last
+
     def ping(self, timeout: Optional[float] = None) -> PingResult:
-        """GET /v1/health/ping on each host in failover order; the first 2xx wins."""
+        """GET /v1/health/ping on each host in failover order; the first 2xx wins.
+
+        Raises DeliveryError naming every host tried (in the order tried) when none answers 2xx.
+        """
         failures: list[str] = []
         limit = self._timeout if timeout is None else timeout
         last_status: Optional[int] = None
-        for host in self.ring.order():
+        order = tuple(self.ring.order())
+        for host in order:
             start = time.monotonic()
             try:
                 answer = self._http.request(
@@ -237,8 +365,8 @@ class OpenCdpDestination(Destination):
         raise DeliveryError(
             "ping failed on every gateway host: " + "; ".join(failures),
             status_code=last_status,
-            host=self.ring.hosts[-1] if self.ring.hosts else None,
-            hosts_tried=tuple(self.ring.hosts),
+            host=order[-1] if order else None,
+            hosts_tried=order,
         )
 
     @property
