@@ -162,27 +162,31 @@ class _Control:
         if n == 0:
             return
         route = self._route
-        with route._lock:
-            route._in_flight -= n
-            if bucket == DELIVERED:
-                route._delivered += n
-            elif bucket == FAILED:
-                route._failed[reason] += n
-            else:
-                route._dropped[reason] += n
-            base = self._base
-            if base is not None:
-                left = route._outstanding[base] - n
-                if left > 0:
-                    route._outstanding[base] = left
+        try:
+            if error is not None:
+                if self.first_error is None:
+                    self.first_error = (reason, error)
+                # Report before counting: a flush() that sees these items resolved has also
+                # seen their on_error call return.
+                route._report(items, reason, error, failed=bucket == FAILED)
+        finally:
+            with route._lock:
+                route._in_flight -= n
+                if bucket == DELIVERED:
+                    route._delivered += n
+                elif bucket == FAILED:
+                    route._failed[reason] += n
                 else:
-                    del route._outstanding[base]
-            route._progress.notify_all()
-        self.unresolved -= n
-        if error is not None:
-            if self.first_error is None:
-                self.first_error = (reason, error)
-            route._report(items, reason, error, failed=bucket == FAILED)
+                    route._dropped[reason] += n
+                base = self._base
+                if base is not None:
+                    left = route._outstanding[base] - n
+                    if left > 0:
+                        route._outstanding[base] = left
+                    else:
+                        del route._outstanding[base]
+                route._progress.notify_all()
+            self.unresolved -= n
 
 
 class Route:
