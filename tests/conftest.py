@@ -1,0 +1,82 @@
+"""Shared fixtures: a leak check on every test, a started collector, and a client factory.
+
+``no_thread_leak`` (autouse) fails a test that leaves a ``cdp_batcher*`` thread or a collector
+thread running: it compares :func:`threading.enumerate` before and after, joining newcomers
+for a bounded time first (a sender may still be returning from its last request).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from cdp_batcher import CDPClient
+from cdp_batcher.testing import Collector
+
+API_KEY = "test-key"
+#: How long a test's leftover threads may take to end after the test returned.
+THREAD_JOIN_GRACE = 3.0
+_WATCHED_PREFIXES = ("cdp_batcher", "cdp-collector")
+
+#: Settings that keep tests fast: quick flushes, few and short retries, no real fallback hosts.
+FAST: dict[str, Any] = {
+    "flush_interval": 0.05,
+    "max_retries": 2,
+    "retry_max_time": 2.0,
+    "timeout_ms": 2_000,
+    "shutdown_timeout": 3.0,
+    "cdp_fallback_endpoints": [],
+}
+
+
+def _watched() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith(_WATCHED_PREFIXES)}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test when a library or collector thread it started is still alive after it."""
+    before = _watched()
+    yield
+    deadline = time.monotonic() + THREAD_JOIN_GRACE
+    leaked = _watched() - before
+    for thread in leaked:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = sorted(t.name for t in leaked if t.is_alive())
+    if alive:
+        pytest.fail(f"{request.node.nodeid} leaked thread(s): {alive}", pytrace=False)
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """A started local collector expecting ``Authorization: test-key``; stopped after the test."""
+    c = Collector(api_key=API_KEY).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+MakeClient = Callable[..., CDPClient]
+
+
+@pytest.fixture
+def make_client(collector: Collector) -> Iterator[MakeClient]:
+    """A factory of clients pointed at ``collector`` with :data:`FAST` settings (any keyword
+    overrides them); every client made is shut down after the test."""
+    made: list[CDPClient] = []
+
+    def make(**overrides: Any) -> CDPClient:
+        settings: dict[str, Any] = {"cdp_api_key": API_KEY, "cdp_endpoint": collector.url, **FAST}
+        settings.update(overrides)
+        client = CDPClient(**settings)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.shutdown(timeout=2.0)
