@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench stress clean venv
+.PHONY: demo test lint typecheck unit bench stress clean venv import-check
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: lint unit
 
 bench: $(STAMP)
 	$(PY) bench/bench.py
+
+# The CLI import on a generated 1,000,000-row file: throughput and peak RSS (takes a while).
+import-check: $(STAMP)
+	$(PY) scripts/import_check.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

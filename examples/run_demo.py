@@ -26,6 +26,12 @@ EXAMPLES: list[tuple[str, object]] = [
     ("service.py", "sigterm"),
     ("dual_write.py", []),
     ("transactional.py", []),
+    ("frameworks/flask_app.py", ["--selftest"]),
+    ("frameworks/fastapi_app.py", ["--selftest"]),
+    ("frameworks/django_app/manage.py", ["selftest"]),
+    ("frameworks/gunicorn_app.py", ["--selftest"]),
+    ("frameworks/celery_app.py", ["--selftest"]),
+    ("frameworks/serverless.py", ["--selftest"]),
 ]
 
 

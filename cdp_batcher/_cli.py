@@ -1,0 +1,765 @@
+"""The ``cdp-batcher`` command line: ``collector``, ``import`` and ``ping``.
+
+Configuration comes from flags or from the environment variables that
+:meth:`CDPClient.from_env` reads (``CDP_API_KEY``, ``CDP_ENDPOINT``, ``CDP_FALLBACK_ENDPOINTS``,
+``CUSTOMERIO_SITE_ID``, ``CUSTOMERIO_API_KEY``, ``CUSTOMERIO_REGION``, ``CUSTOMERIO_URL``); a flag
+wins over its variable. Keys are never printed.
+
+Exit status: 0 when everything was delivered (or, for ``--dry-run``, every row is valid), 1 when
+anything failed (a bad row, an event not delivered, a ping that no host answered), 2 for a usage
+or configuration error, 130 when interrupted.
+
+The import streams its file: JSON Lines line by line, a JSON array through a small incremental
+splitter, CSV through :mod:`csv`; the client's queue is bounded and the importer waits for room
+(backpressure), so memory stays flat whatever the file's size and no event is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Optional, TextIO, Union
+
+from ._client import CDPClient
+from ._errors import ConfigError, DeliveryError, ValidationError
+from ._event import decode
+from ._progress import Progress, format_duration
+from ._stats import DestinationStats
+from ._version import __version__
+
+__all__ = ["main", "iter_json_array", "iter_rows", "row_call"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: The flags that stand for environment variables (flag destination -> variable).
+ENV_FLAGS = {
+    "api_key": "CDP_API_KEY",
+    "endpoint": "CDP_ENDPOINT",
+    "fallback_endpoints": "CDP_FALLBACK_ENDPOINTS",
+    "cio_site_id": "CUSTOMERIO_SITE_ID",
+    "cio_api_key": "CUSTOMERIO_API_KEY",
+    "cio_region": "CUSTOMERIO_REGION",
+    "cio_url": "CUSTOMERIO_URL",
+}
+
+ROW_TYPES = ("track", "identify", "register_device")
+DEVICE_FIELDS = (
+    "device_id",
+    "platform",
+    "fcm_token",
+    "apn_token",
+    "name",
+    "os_version",
+    "model",
+    "app_version",
+    "last_active_at",
+    "attributes",
+)
+_ALLOWED = {
+    "track": frozenset(("type", "identifier", "event_name", "properties")),
+    "identify": frozenset(("type", "identifier", "properties")),
+    "register_device": frozenset(("type", "identifier", *DEVICE_FIELDS)),
+}
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+
+#: When a queue reaches the high fraction of its bounds, the importer waits until it is down to the low one.
+QUEUE_HIGH_WATER, QUEUE_LOW_WATER = 0.5, 0.25
+CHUNK = 1 << 16
+
+
+class RowError(ValueError):
+    """A row that cannot become a call; the message says why (the line is reported beside it)."""
+
+
+class FileFormatError(ValueError):
+    """The file's structure is broken beyond one row (e.g. a JSON file that is not an array)."""
+
+
+# ----------------------------------------------------------------------------- reading rows
+class _CountingReader(io.RawIOBase):
+    """Counts the bytes read from a raw stream (the progress bar's position)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self.count += n
+        return int(n or 0)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+# Runs of bytes the splitter never needs to look at: anything but brackets and quotes (and, between
+# elements, commas), or a whole string. An unterminated string stops the run at its quote.
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_SKIP_BETWEEN = re.compile(rb'(?:[^"\[\]{},]+|' + _STRING + rb")*", re.DOTALL)
+_SKIP_INSIDE = re.compile(rb'(?:[^"\[\]{}]+|' + _STRING + rb")*", re.DOTALL)
+_OPEN_FOR = {ord("]"): ord("["), ord("}"): ord("{")}
+
+
+def iter_json_array(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line, element bytes)`` for each element of a top-level JSON array, reading
+    ``chunk_size`` bytes at a time: memory holds one chunk and one element, never the file.
+
+    ``line`` is where the element starts (1-based). An empty element (``[1,,2]``) is yielded as
+    ``b""``; a trailing comma before ``]`` is tolerated. Raises :class:`FileFormatError` when the
+    file is not an array or ends inside it. Elements are not validated here (the decoder does).
+
+    >>> import io
+    >>> list(iter_json_array(io.BytesIO(b'[{"a": 1},\\n {"b": "]"}]')))
+    [(1, b'{"a": 1}'), (2, b'{"b": "]"}')]
+    """
+    buf = b""
+    pos = 0  # where scanning resumes
+    start = -1  # where the current element's text starts (after '[' or ','); -1 before the array
+    counted, line = 0, 1  # `line` is the line number at offset `counted` of buf
+    stack: list[int] = []  # brackets open inside the current element
+    eof = False
+    emitted = 0
+
+    def line_at(offset: int) -> int:
+        nonlocal counted, line
+        line += buf.count(b"\n", counted, offset)
+        counted = offset
+        return line
+
+    while True:
+        if start < 0:  # before the array: white space, then '['
+            stripped = buf.lstrip()
+            if stripped[:3] == b"\xef\xbb\xbf" and not counted:
+                stripped = stripped[3:].lstrip()
+            if stripped:
+                at = len(buf) - len(stripped)
+                if stripped[:1] != b"[":
+                    raise FileFormatError(
+                        f"line {line_at(at)}: a .json file must hold one array of row objects"
+                    )
+                line_at(at)
+                start = pos = at + 1
+                continue
+        else:
+            pos = (_SKIP_INSIDE if stack else _SKIP_BETWEEN).match(buf, pos).end()  # type: ignore[union-attr]
+            if pos < len(buf) and buf[pos] != 0x22:  # a bracket or a top-level comma
+                char = buf[pos]
+                pos += 1
+                if char in b"[{":
+                    stack.append(char)
+                elif char == 0x2C:  # ','
+                    text = buf[start : pos - 1]
+                    yield line_at(start + len(text) - len(text.lstrip())), text.strip()
+                    emitted += 1
+                    start = pos
+                elif stack:
+                    if stack.pop() != _OPEN_FOR[char]:
+                        raise FileFormatError(f"line {line_at(pos - 1)}: mismatched {chr(char)!r}")
+                elif char == 0x5D:  # ']' closes the array
+                    text = buf[start : pos - 1]
+                    if text.strip():
+                        yield line_at(start + len(text) - len(text.lstrip())), text.strip()
+                    return
+                else:
+                    raise FileFormatError(f"line {line_at(pos - 1)}: unexpected '}}' in the top-level array")
+                continue
+        # the buffer ends (or a string is cut by it): read on, keeping only the current element
+        if eof:
+            if start < 0:
+                raise FileFormatError("the file is empty: a .json file must hold one array of row objects")
+            text = buf[start:]
+            where = line_at(start + len(text) - len(text.lstrip()))
+            raise FileFormatError(f"line {where}: the file ends inside the array (an element is incomplete)")
+        keep = max(0, start) if start >= 0 else len(buf)
+        line_at(keep)
+        buf, pos, counted = buf[keep:], pos - keep, 0
+        if start >= 0:
+            start = 0
+        data = stream.read(chunk_size)
+        eof = not data
+        buf += data
+
+
+def _typed(value: str) -> Any:
+    """A CSV cell: JSON numbers and booleans typed, anything else a string."""
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    if _JSON_NUMBER.match(value):
+        try:
+            return decode(value)
+        except ValueError:  # out of range
+            return value
+    return value
+
+
+def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, Union[dict[str, Any], RowError]]]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise FileFormatError("the CSV file is empty (a header row is required)") from None
+    header = [h.strip() for h in header]
+    if "identifier" not in header:
+        raise FileFormatError("line 1: the CSV header has no 'identifier' column")
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise FileFormatError(f"line 1: duplicate CSV column(s): {', '.join(duplicates)}")
+    end = reader.line_num
+    for values in reader:
+        line, end = end + 1, reader.line_num
+        if not values or (len(values) == 1 and not values[0].strip()):
+            continue
+        if len(values) != len(header):
+            yield line, RowError(f"row has {len(values)} values, the header has {len(header)} columns")
+            continue
+        yield line, _csv_row(header, values)
+
+
+def _csv_row(header: list[str], values: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    raw: dict[str, str] = {}
+    for name, value in zip(header, values):
+        if value == "":
+            continue  # empty cells are left out
+        if name in ("type", "identifier", "event_name"):
+            row[name] = value.strip()
+        else:
+            raw[name] = value
+    kind = row.get("type") or ("track" if "event_name" in row else "identify")
+    if kind == "register_device":
+        for name in DEVICE_FIELDS:
+            if name in raw and name != "attributes":
+                value = raw.pop(name)
+                row[name] = _typed(value) if name == "last_active_at" else value
+        if raw:
+            row["attributes"] = {k: _typed(v) for k, v in raw.items()}
+    elif raw:
+        row["properties"] = {k: _typed(v) for k, v in raw.items()}
+    return row
+
+
+def iter_rows(stream: BinaryIO, fmt: str) -> Iterator[tuple[int, Union[Any, RowError]]]:
+    """Yield ``(line, row)`` from a ``jsonl``, ``json`` (array) or ``csv`` stream; a row that
+    cannot be parsed comes as a :class:`RowError`, so one bad line never stops the rest.
+
+    >>> import io
+    >>> list(iter_rows(io.BytesIO(b'{"identifier": "u1"}\\n\\nnot json\\n'), "jsonl"))[0]
+    (1, {'identifier': 'u1'})
+    """
+    if fmt == "csv":
+        yield from _csv_rows(stream)
+        return
+    if fmt == "json":
+        for line, element in iter_json_array(stream):
+            if not element:
+                yield line, RowError("empty array element")
+                continue
+            try:
+                yield line, decode(element)
+            except ValueError as exc:
+                yield line, RowError(f"invalid JSON: {exc}")
+        return
+    for number, data in enumerate(stream, 1):
+        if not data.strip():
+            continue
+        try:
+            yield number, decode(data)
+        except ValueError as exc:
+            yield number, RowError(f"invalid JSON: {exc}")
+
+
+def row_call(row: Any) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The client call for one row: ``(method, args, kwargs)``. Raises :class:`RowError`.
+
+    ``type`` defaults to ``track`` when ``event_name`` is present, else ``identify``; device rows
+    carry :meth:`CDPClient.register_device`'s keyword arguments.
+
+    >>> row_call({"identifier": "u1", "event_name": "signup", "properties": {"plan": "pro"}})
+    ('track', ('u1', 'signup', {'plan': 'pro'}), {})
+    """
+    if not isinstance(row, dict):
+        raise RowError(f"a row must be a JSON object, got {_json_type(row)}")
+    kind = row.get("type")
+    if kind is None or kind == "":
+        kind = "track" if row.get("event_name") is not None else "identify"
+    if kind not in ROW_TYPES:
+        raise RowError(f"type must be one of track, identify, register_device; got {kind!r}")
+    unknown = [k for k in row if k not in _ALLOWED[kind]]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise RowError(f"unknown field(s) for {kind} rows: {names}")
+    identifier = row.get("identifier")
+    if kind == "track":
+        return "track", (identifier, row.get("event_name"), row.get("properties")), {}
+    if kind == "identify":
+        return "identify", (identifier, row.get("properties")), {}
+    device = {k: row[k] for k in DEVICE_FIELDS if k in row}
+    device.setdefault("device_id", None)
+    device.setdefault("platform", None)
+    return "register_device", (identifier,), device
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+# ----------------------------------------------------------------------------- configuration
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """The process environment with the connection flags laid over it."""
+    env = dict(os.environ)
+    for dest, variable in ENV_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            env[variable] = value
+    return env
+
+
+def _make_client(args: argparse.Namespace, **overrides: Any) -> CDPClient:
+    return CDPClient.from_env(environ=_environment(args), **overrides)
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "connection (each flag overrides its environment variable; prefer the environment for keys)"
+    )
+    group.add_argument("--api-key", metavar="KEY", help="OpenCDP API key (CDP_API_KEY)")
+    group.add_argument("--endpoint", metavar="URL", help="gateway base URL (CDP_ENDPOINT)")
+    group.add_argument(
+        "--fallback-endpoints",
+        metavar="URLS",
+        help='comma-separated failover hosts; "" disables failover (CDP_FALLBACK_ENDPOINTS)',
+    )
+    group.add_argument("--cio-site-id", metavar="ID", help="Customer.io site id (CUSTOMERIO_SITE_ID)")
+    group.add_argument("--cio-api-key", metavar="KEY", help="Customer.io API key (CUSTOMERIO_API_KEY)")
+    group.add_argument("--cio-region", choices=("us", "eu"), help="Customer.io region (CUSTOMERIO_REGION)")
+    group.add_argument("--cio-url", metavar="URL", help="Customer.io Track API host (CUSTOMERIO_URL)")
+
+
+# ----------------------------------------------------------------------------- output
+class _Console:
+    """stdout for results, stderr for progress and messages (through the progress bar)."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+        self.progress: Optional[Progress] = None
+
+    def result(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.write_line(text)
+        else:
+            self.err.write(text + "\n")
+            self.err.flush()
+
+
+class _ConsoleLogHandler(logging.Handler):
+    def __init__(self, console: _Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+        self.setFormatter(logging.Formatter("cdp-batcher: %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.message(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+# ----------------------------------------------------------------------------- import
+def _format_of(path: str, given: Optional[str]) -> str:
+    if given:
+        return given
+    suffix = os.path.splitext(path.lower())[1]
+    if suffix not in _FORMATS:
+        raise ConfigError(f"cannot tell the format of {path!r}: use .jsonl, .json or .csv, or --format")
+    return _FORMATS[suffix]
+
+
+class _Tally:
+    def __init__(self, show_bad: int) -> None:
+        self.rows = 0
+        self.sent = 0
+        self.bad = 0
+        self.first_bad: Optional[int] = None
+        self.show_bad = show_bad
+        self.fatal: Optional[str] = None
+
+    def bad_row(self, console: _Console, line: int, problem: str) -> None:
+        self.bad += 1
+        if self.first_bad is None:
+            self.first_bad = line
+        if self.bad <= self.show_bad:
+            console.message(f"line {line}: {problem}")
+        elif self.bad == self.show_bad + 1:
+            console.message(f"(more bad rows: only the first {self.show_bad} are shown; all are counted)")
+
+
+def _delivered_text(client: CDPClient) -> Callable[[], str]:
+    def text() -> str:
+        dests = client.stats().destinations
+        return "  ".join(f"{name} {d.delivered:,} delivered" for name, d in dests.items())
+
+    return text
+
+
+def _run_import(args: argparse.Namespace, console: _Console) -> int:
+    try:
+        fmt = _format_of(args.file, args.format)
+    except ConfigError as exc:
+        console.message(f"import: {exc}")
+        return EXIT_USAGE
+    dry = bool(args.dry_run)
+    overrides: dict[str, Any] = {
+        "max_concurrent_requests": args.concurrency,
+        "max_queue_size": args.queue_size,
+    }
+    if dry:
+        overrides["send"] = False
+        if not (args.api_key or os.environ.get("CDP_API_KEY", "").strip()):
+            overrides["cdp_api_key"] = "dry-run"
+    try:
+        client = _make_client(args, **overrides)
+    except ConfigError as exc:
+        console.message(f"import: configuration: {exc}")
+        return EXIT_USAGE
+    try:
+        if args.file == "-":
+            raw: Any = getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+            total = None
+        else:
+            raw = open(args.file, "rb", buffering=0)  # noqa: SIM115 (closed below)
+            info = os.fstat(raw.fileno())
+            total = info.st_size if stat.S_ISREG(info.st_mode) else None
+    except OSError as exc:
+        client.shutdown(timeout=0)
+        console.message(f"import: cannot open {args.file}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    counter = _CountingReader(raw)
+    stream = io.BufferedReader(counter, CHUNK)
+    label = "dry run" if dry else "import"
+    mode = args.progress
+    progress = None
+    if mode != "off":
+        tty = {"bar": True, "plain": False}.get(mode)
+        progress = Progress(total, console.err, tty=tty, label=label, interval=args.progress_interval)
+    console.progress = progress
+    tally = _Tally(args.show_bad)
+    extra: Callable[[], str] = (lambda: "") if dry else _delivered_text(client)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        interrupted = _import_rows(client, stream, fmt, console, tally, counter, extra, wait=not dry)
+    finally:
+        stream.close()
+    if interrupted:
+        console.message("import: interrupted; delivering what was already queued (5 s at most)")
+    stats = _finish(client, console, extra, tally, counter, 5.0 if interrupted else args.timeout, dry)
+    if progress is not None:
+        if progress.tty:
+            progress.update(tally.rows, counter.count, extra(), force=True)
+        progress.finish()
+    console.progress = None
+    ok = _report(console, args.file, fmt, tally, stats, time.monotonic() - started, dry)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _import_rows(
+    client: CDPClient,
+    stream: BinaryIO,
+    fmt: str,
+    console: _Console,
+    tally: _Tally,
+    counter: _CountingReader,
+    extra: Callable[[], str],
+    *,
+    wait: bool,
+) -> bool:
+    """Send every row; True when interrupted (Ctrl-C)."""
+    calls: dict[str, Callable[..., None]] = {
+        "track": client.track,
+        "identify": client.identify,
+        "register_device": client.register_device,
+    }
+    progress = console.progress
+    room = client._wait_for_room
+    try:
+        for line, row in iter_rows(stream, fmt):
+            tally.rows += 1
+            try:
+                if isinstance(row, RowError):
+                    raise row
+                method, call_args, kwargs = row_call(row)
+                calls[method](*call_args, **kwargs)
+            except (RowError, ValidationError, TypeError, ValueError) as exc:
+                tally.bad_row(console, line, str(exc))
+            else:
+                tally.sent += 1
+                if wait:
+                    room(QUEUE_HIGH_WATER, QUEUE_LOW_WATER)
+            if progress is not None and progress.due():
+                progress.update(tally.rows, counter.count, extra(), force=True)
+    except FileFormatError as exc:
+        tally.fatal = str(exc)
+        console.message(f"{'dry run' if not wait else 'import'}: stopped: {exc}")
+    except UnicodeDecodeError as exc:
+        tally.fatal = f"the file is not UTF-8 ({exc.reason} at byte {exc.start} of a chunk)"
+        console.message(f"import: stopped: {tally.fatal}")
+    except csv.Error as exc:
+        tally.fatal = f"CSV: {exc}"
+        console.message(f"import: stopped: {tally.fatal}")
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def _finish(
+    client: CDPClient,
+    console: _Console,
+    extra: Callable[[], str],
+    tally: _Tally,
+    counter: _CountingReader,
+    timeout: float,
+    dry: bool,
+) -> Mapping[str, DestinationStats]:
+    """Wait for delivery (showing progress), then shut the client down; the final counters."""
+    deadline = time.monotonic() + timeout
+    progress = console.progress
+    try:
+        while not dry:
+            left = deadline - time.monotonic()
+            report = client.flush(timeout=max(0.0, min(0.25, left)))
+            if progress is not None and progress.due():
+                progress.update(tally.rows, counter.count, extra(), force=True)
+            if report.pending == 0 or left <= 0:
+                break
+        client.shutdown(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        client.shutdown(timeout=0)
+    return client.stats().destinations
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "0"
+    return f"{total:,} (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())) + ")"
+
+
+def _report(
+    console: _Console,
+    path: str,
+    fmt: str,
+    tally: _Tally,
+    stats: Mapping[str, DestinationStats],
+    elapsed: float,
+    dry: bool,
+) -> bool:
+    rate = tally.rows / elapsed if elapsed > 0 else 0.0
+    name = "stdin" if path == "-" else path
+    if dry:
+        console.result(
+            f"dry run: {tally.rows:,} rows checked in {name} ({fmt}) in {format_duration(elapsed)} "
+            f"({rate:,.0f} rows/s): {tally.sent:,} valid, {tally.bad:,} bad"
+            + (f" (first at line {tally.first_bad})" if tally.first_bad is not None else "")
+        )
+        ok = tally.bad == 0 and tally.fatal is None
+        if tally.fatal:
+            console.result(f"dry run: stopped early: {tally.fatal}")
+        console.result("dry run: OK, nothing was sent" if ok else "dry run: FAILED, nothing was sent")
+        return ok
+    console.result(
+        f"import: {tally.rows:,} rows read from {name} ({fmt}) in {format_duration(elapsed)} "
+        f"({rate:,.0f} rows/s): {tally.sent:,} sent, {tally.bad:,} bad rows skipped"
+        + (f" (first at line {tally.first_bad})" if tally.first_bad is not None else "")
+    )
+    ok = tally.bad == 0 and tally.fatal is None
+    for dest, s in stats.items():
+        pending = s.queued + s.in_flight
+        console.result(
+            f"  {dest}: {s.delivered:,} delivered, failed {_counts(s.failed)}, "
+            f"dropped {_counts(s.dropped)}, pending {pending:,}, retried {s.retried:,}"
+        )
+        ok = ok and s.delivered == tally.sent and not s.failed_total and not s.dropped_total and not pending
+    if tally.fatal:
+        console.result(f"import: stopped early: {tally.fatal}")
+    console.result("import: OK" if ok else "import: FAILED (see above)")
+    return ok
+
+
+# ----------------------------------------------------------------------------- ping
+def _run_ping(args: argparse.Namespace, console: _Console) -> int:
+    try:
+        client = _make_client(args, shutdown_timeout=0.0)
+    except ConfigError as exc:
+        console.message(f"ping: configuration: {exc}")
+        return EXIT_USAGE
+    hosts = client.config.endpoints
+    try:
+        result = client.ping(timeout=args.timeout)
+    except DeliveryError as exc:
+        console.message(f"ping: FAILED: {exc}")
+        if exc.status_code in (401, 403):
+            console.message("ping: the gateway rejected the API key: check CDP_API_KEY")
+        else:
+            console.message(f"ping: tried {len(hosts)} host(s): {', '.join(hosts)}")
+        return EXIT_FAILED
+    finally:
+        client.shutdown(timeout=0)
+    console.result(f"ping: OK: {result.host} answered HTTP {result.status} in {result.elapsed * 1000:.1f} ms")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- collector
+def _run_collector(args: argparse.Namespace, console: _Console) -> int:
+    from . import testing
+
+    argv = ["--port", str(args.port), "--host", args.host]
+    for flag, value in (
+        ("--api-key", args.require_api_key),
+        ("--cio-site-id", args.require_cio_site_id),
+        ("--cio-api-key", args.require_cio_api_key),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    return testing.main(argv)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cdp-batcher`` argument parser (sub-commands ``collector``, ``import``, ``ping``).
+
+    >>> build_parser().parse_args(["ping"]).command
+    'ping'
+    """
+    parser = argparse.ArgumentParser(
+        prog="cdp-batcher",
+        description="OpenCDP batching client: bulk import, connectivity check, local collector.",
+        epilog="Configuration: CDP_API_KEY, CDP_ENDPOINT, CDP_FALLBACK_ENDPOINTS, CUSTOMERIO_SITE_ID, "
+        "CUSTOMERIO_API_KEY, CUSTOMERIO_REGION, CUSTOMERIO_URL (flags override). "
+        "Exit status: 0 ok, 1 something failed, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"cdp-batcher {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    collector = sub.add_parser(
+        "collector",
+        help="run the local OpenCDP + Customer.io collector and print each arrival",
+        description="Run the local collector (loopback only) in the foreground until Ctrl-C or SIGTERM; "
+        "point CDP_ENDPOINT (and CUSTOMERIO_URL) at the URL it prints.",
+    )
+    collector.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")
+    collector.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    collector.add_argument("--require-api-key", metavar="KEY", help="accept only this OpenCDP key")
+    collector.add_argument("--require-cio-site-id", metavar="ID", help="accept only this Customer.io site id")
+    collector.add_argument("--require-cio-api-key", metavar="KEY", help="accept only this Customer.io key")
+    collector.set_defaults(run=_run_collector)
+
+    imp = sub.add_parser(
+        "import",
+        help="bulk identify/track/register_device rows from a .jsonl, .json or .csv file",
+        description="Send every row of FILE through the batching client. JSON rows: "
+        '{"type": "track"|"identify"|"register_device", "identifier": ..., "event_name": ..., '
+        '"properties": {...}} (device rows carry register_device\'s keyword arguments); type '
+        "defaults to track when event_name is present, else identify. CSV: columns type, "
+        "identifier, event_name; every other column is a property (JSON numbers and booleans "
+        "typed, empty cells left out). Bad rows are reported by line number and skipped.",
+    )
+    imp.add_argument("file", metavar="FILE", help="the file to import ('-' for stdin, with --format)")
+    imp.add_argument("--format", choices=("jsonl", "json", "csv"), help="default: from the file's extension")
+    imp.add_argument("--dry-run", action="store_true", help="validate every row; send nothing")
+    imp.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the last events' delivery at the end (default 120)",
+    )
+    imp.add_argument(
+        "--concurrency", type=int, default=10, help="OpenCDP requests in flight (default 10, at most 30)"
+    )
+    imp.add_argument(
+        "--queue-size",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="events held in memory per destination (default 10000); the import waits for room",
+    )
+    imp.add_argument(
+        "--show-bad", type=int, default=100, metavar="N", help="print at most N bad rows (default 100)"
+    )
+    imp.add_argument(
+        "--progress",
+        choices=("auto", "bar", "plain", "off"),
+        default="auto",
+        help="auto: a bar on a terminal, a line every few seconds otherwise",
+    )
+    imp.add_argument("--progress-interval", type=float, default=None, help=argparse.SUPPRESS)
+    _add_connection_flags(imp)
+    imp.set_defaults(run=_run_import)
+
+    ping = sub.add_parser(
+        "ping",
+        help="check credentials and connectivity; say which gateway host answered and how fast",
+    )
+    ping.add_argument("--timeout", type=float, default=10.0, help="seconds per host (default 10)")
+    _add_connection_flags(ping)
+    ping.set_defaults(run=_run_ping)
+    return parser
+
+
+def main(
+    argv: Optional[list[str]] = None, *, out: Optional[TextIO] = None, err: Optional[TextIO] = None
+) -> int:
+    """Run ``cdp-batcher`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    >>> main(["ping", "--endpoint", "http://127.0.0.1:9", "--fallback-endpoints", ""])  # doctest: +SKIP
+    1
+    """
+    console = _Console(out or sys.stdout, err or sys.stderr)
+    args = build_parser().parse_args(argv)
+    library_log = logging.getLogger("cdp_batcher")
+    handler = _ConsoleLogHandler(console)
+    library_log.addHandler(handler)
+    propagate = library_log.propagate
+    library_log.propagate = False
+    try:
+        code: int = args.run(args, console)
+        return code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        library_log.removeHandler(handler)
+        library_log.propagate = propagate
