@@ -74,6 +74,8 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?
 #: When a queue reaches the high fraction of its bounds, the importer waits until it is down to the low one.
 QUEUE_HIGH_WATER, QUEUE_LOW_WATER = 0.5, 0.25
 CHUNK = 1 << 16
+#: Rows between two checks of the failure count (--max-failures).
+FAILURE_CHECK_EVERY = 256
 
 
 class RowError(ValueError):
@@ -479,7 +481,9 @@ def _run_import(args: argparse.Namespace, console: _Console) -> int:
     started = time.monotonic()
     interrupted = False
     try:
-        interrupted = _import_rows(client, stream, fmt, console, tally, counter, extra, wait=not dry)
+        interrupted = _import_rows(
+            client, stream, fmt, console, tally, counter, extra, wait=not dry, max_failures=args.max_failures
+        )
     finally:
         stream.close()
     if interrupted:
@@ -506,8 +510,10 @@ def _import_rows(
     extra: Callable[[], str],
     *,
     wait: bool,
+    max_failures: int = 0,
 ) -> bool:
-    """Send every row; True when interrupted (Ctrl-C)."""
+    """Send every row; True when interrupted (Ctrl-C). Stops early (``tally.fatal``) on a broken
+    file or when more than ``max_failures`` events failed (0: never)."""
     calls: dict[str, Callable[..., None]] = {
         "track": client.track,
         "identify": client.identify,
@@ -529,6 +535,17 @@ def _import_rows(
                 tally.sent += 1
                 if wait:
                     room(QUEUE_HIGH_WATER, QUEUE_LOW_WATER)
+                    if max_failures and not tally.sent % FAILURE_CHECK_EVERY:
+                        failed = _failed_counts(client)
+                        if sum(failed.values()) > max_failures:
+                            tally.fatal = (
+                                f"more than {max_failures:,} events failed ("
+                                + ", ".join(f"{k}: {v:,}" for k, v in sorted(failed.items()))
+                                + f"); "
+                                f"rows after line {line} were not read (resume from there)"
+                            )
+                            console.message(f"import: stopped: {tally.fatal}")
+                            break
             if progress is not None and progress.due():
                 progress.update(tally.rows, counter.count, extra(), force=True)
     except FileFormatError as exc:
@@ -540,9 +557,21 @@ def _import_rows(
     except csv.Error as exc:
         tally.fatal = f"CSV: {exc}"
         console.message(f"import: stopped: {tally.fatal}")
+    except OSError as exc:
+        tally.fatal = f"cannot read the file: {exc.strerror or exc}"
+        console.message(f"import: stopped: {tally.fatal}")
     except KeyboardInterrupt:
         return True
     return False
+
+
+def _failed_counts(client: CDPClient) -> dict[str, int]:
+    """Failed and dropped events by reason, over every destination."""
+    counts: dict[str, int] = {}
+    for dest in client.stats().destinations.values():
+        for reason, n in (*dest.failed.items(), *dest.dropped.items()):
+            counts[reason] = counts.get(reason, 0) + n
+    return counts
 
 
 def _finish(
@@ -716,6 +745,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         metavar="N",
         help="events held in memory per destination (default 10000); the import waits for room",
+    )
+    imp.add_argument(
+        "--max-failures",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="stop reading when more than N events failed, e.g. a wrong key or every host down "
+        "(default 1000; 0: never); the report gives the line to resume from",
     )
     imp.add_argument(
         "--show-bad", type=int, default=100, metavar="N", help="print at most N bad rows (default 100)"

@@ -238,6 +238,20 @@ def test_delivery_failure_exits_1_with_the_reason(collector: Collector, tmp_path
     assert "import: FAILED" in out
 
 
+def test_import_stops_early_when_everything_fails(collector: Collector, tmp_path: Path) -> None:
+    """A wrong key fails every event: past --max-failures the import stops reading and names the
+    line to resume from, instead of pushing a whole file into rejections."""
+    rows = [{"identifier": "u", "event_name": "e", "properties": {"seq": i}} for i in range(3000)]
+    path = write(tmp_path / "many.jsonl", "jsonl", rows)
+    argv = ["--max-failures", "50", "--queue-size", "100", *conn(collector, key="wrong-key")]
+    code, out, err = run_cli("import", str(path), *argv)
+    assert code == 1
+    assert "import: stopped: more than 50 events failed (http_401: " in err
+    assert "rows after line 256 were not read (resume from there)" in err
+    assert "256 rows read" in out and "stopped early" in out
+    assert len(collector.requests) == 256
+
+
 def test_usage_and_configuration_errors_exit_2(collector: Collector, tmp_path: Path) -> None:
     """No key, an unknown extension or a missing file: exit 2 with a message naming the problem."""
     rows = write(tmp_path / "rows.jsonl", "jsonl", ROWS)
@@ -396,7 +410,7 @@ def test_keys_never_appear_in_any_output(collector: Collector, tmp_path: Path) -
         ("import", str(path), *conn(collector, key=SECRET), *cio),
         ("import", str(path), "--dry-run", *conn(collector, key=SECRET)),
         ("import", str(path), "--cio-api-key", CIO_SECRET, *conn(collector, key=SECRET)),
-        ("import", str(path), "--cio-region", "eu", *cio[:4], *conn(collector, key=SECRET)),
+        ("import", str(path), "--cio-region", "eu", *cio, *conn(collector, key=SECRET)),
     ]
     for argv in runs:
         _, out, err = run_cli(*argv)
