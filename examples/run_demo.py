@@ -79,7 +79,10 @@ def main() -> int:
             calls = collections.Counter(
                 e.get("call") or e.get("action") or "?" for e in collector.events(destination=destination)
             )
-            print(f"{destination}: {collector.count(destination=destination)} " + (f"{dict(calls)}" if calls else ""))
+            print(
+                f"{destination}: {collector.count(destination=destination)} "
+                + (f"{dict(calls)}" if calls else "")
+            )
         if failures:
             print("demo FAILED: " + ", ".join(failures))
             return 1

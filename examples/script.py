@@ -1,15 +1,15 @@
 """A short-lived script: track a few events, then flush() and check the delivery report.
 
-    CDP_API_KEY=... python examples/script.py
+CDP_API_KEY=... python examples/script.py
 """
 
 from __future__ import annotations
 
 import sys
 
-from _common import client_settings
-
 from cdp_batcher import CDPClient
+
+from _common import client_settings
 
 
 def main() -> int:

@@ -14,9 +14,9 @@ import threading
 from types import FrameType
 from typing import Optional
 
-from _common import client_settings
-
 from cdp_batcher import CDPClient
+
+from _common import client_settings
 
 stop = threading.Event()
 

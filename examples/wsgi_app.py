@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from _common import client_settings
-
 from cdp_batcher import CDPClient
+
+from _common import client_settings
 
 client = CDPClient(**client_settings())
 
