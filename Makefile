@@ -27,8 +27,19 @@ unit: $(STAMP)
 
 test: lint unit
 
-bench: $(STAMP)
-	$(PY) bench/bench.py
+# The benchmark gets its own venv: the comparison libraries never enter .venv.
+BENCH_VENV := .bench/venv
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/bench.py
 
 # The CLI import on a generated 1,000,000-row file: throughput and peak RSS (takes a while).
 import-check: $(STAMP)

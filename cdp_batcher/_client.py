@@ -56,6 +56,9 @@ DEFAULT_FLUSH_TIMEOUT = 30.0
 
 _live_clients: weakref.WeakSet[CDPClient] = weakref.WeakSet()
 
+#: The dual-write fast path, per destination: (encode_track, encode_identify, queue put, entry limit).
+_FanOut = tuple[Callable[..., bytes], Callable[..., bytes], Callable[[Item], bool], Optional[int]]
+
 
 def _after_fork_in_child() -> None:
     for client in list(_live_clients):
@@ -182,6 +185,7 @@ class CDPClient:
         self._shutdown_report: Optional[DeliveryReport] = None
         self._warned: set[str] = set()
         self._fast_put: Optional[Callable[[Item], bool]] = None
+        self._fast_fan: Optional[tuple[_FanOut, ...]] = None
         self._set_fast_path()
         _live_clients.add(self)
         self._atexit_hook = functools.partial(_atexit_shutdown, weakref.ref(self))
@@ -205,6 +209,15 @@ class CDPClient:
         cfg = self._cfg
         simple = len(self._routes) == 1 and cfg.send and not cfg.sync_mode and not self._closed
         self._fast_put = self._routes[0].put if simple else None
+        fan = len(self._routes) > 1 and cfg.send and not cfg.sync_mode and not self._closed
+        self._fast_fan = (
+            tuple(
+                (r.dest.encode_track, r.dest.encode_identify, r.put, r.dest.max_entry_bytes)
+                for r in self._routes
+            )
+            if fan
+            else None
+        )
 
     def __repr__(self) -> str:
         names = ", ".join(r.name for r in self._routes)
@@ -240,6 +253,10 @@ class CDPClient:
                 raise serialization_error(properties, "properties", exc) from None
             put((TRACK, body))
             return
+        fan = self._fast_fan
+        if fan is not None:
+            self._fan_out(fan, TRACK, identifier, event_name, properties)
+            return
         self._route_call(TRACK, identifier, event_name, properties)
 
     def identify(self, identifier: str, properties: Optional[Mapping[str, Any]] = None) -> None:
@@ -264,6 +281,10 @@ class CDPClient:
             except Exception as exc:
                 raise serialization_error(properties, "properties", exc) from None
             put((IDENTIFY, body))
+            return
+        fan = self._fast_fan
+        if fan is not None:
+            self._fan_out(fan, IDENTIFY, identifier, None, properties)
             return
         self._route_call(IDENTIFY, identifier, None, properties)
 
@@ -326,6 +347,34 @@ class CDPClient:
             attributes=attrs,
         )
         self._route_call(REGISTER_DEVICE, identifier, None, device)
+
+    def _fan_out(
+        self,
+        fan: tuple[_FanOut, ...],
+        kind: int,
+        identifier: str,
+        event_name: Optional[str],
+        properties: dict[Any, Any],
+    ) -> None:
+        """Several destinations, sending, asynchronous, open: properties encoded once, one body
+        per destination, each queued; anything unusual (an entry too large) takes the general path."""
+        try:
+            raw = msgspec.Raw(encode(properties))
+        except Exception as exc:
+            raise serialization_error(properties, "properties", exc) from None
+        timestamp = time.time()
+        items = []
+        for encode_track, encode_identify, put, limit in fan:
+            if kind == TRACK:
+                body = encode_track(identifier, event_name, raw, timestamp)
+            else:
+                body = encode_identify(identifier, raw, timestamp)
+            if limit is not None and len(body) > limit:
+                self._route_call(kind, identifier, event_name, properties)
+                return
+            items.append((put, body))
+        for put, body in items:
+            put((kind, body))
 
     def _route_call(self, kind: int, identifier: str, event_name: Optional[str], payload: Any) -> None:
         """The general path: several destinations, sync mode, disabled or closed clients."""
@@ -416,6 +465,7 @@ class CDPClient:
             deadline = start + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
             self._closed = True
             self._fast_put = None
+            self._fast_fan = None
             # No inline sending here: finish_shutdown does it, once the deadline caps requests.
             marks = [(route, *route.begin_flush(deadline, inline=False)) for route in self._routes]
             for route in self._routes:
