@@ -41,6 +41,10 @@ $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) bench/bench.py
 
+# 32 producers for 10 s against a collector flipping between healthy and failing (make test runs 3 s).
+stress: $(STAMP)
+	CDP_STRESS_SECONDS=10 $(PY) -m pytest -q -s tests/test_stress.py
+
 # The CLI import on a generated 1,000,000-row file: throughput and peak RSS (takes a while).
 import-check: $(STAMP)
 	$(PY) scripts/import_check.py

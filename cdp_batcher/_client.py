@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import types
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 import msgspec
 
+from . import _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
 from ._errors import CDPError, DeliveryError, ValidationError
 from ._event import (
@@ -51,6 +54,8 @@ from .destinations.opencdp import OpenCdpDestination, PingResult
 
 __all__ = ["CDPClient"]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 PLATFORMS = ("android", "ios", "web")
 DEFAULT_FLUSH_TIMEOUT = 30.0
 
@@ -61,8 +66,21 @@ _FanOut = tuple[Callable[..., bytes], Callable[..., bytes], Callable[[Item], boo
 
 
 def _after_fork_in_child() -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
     for client in list(_live_clients):
         client._after_fork_in_child()
+        if mp_util is not None:  # a multiprocessing child ends with os._exit: no atexit
+            mp_util.register_after_fork(client, _shutdown_at_multiprocessing_exit)
+
+
+def _shutdown_at_multiprocessing_exit(client: CDPClient) -> None:
+    """Run in a multiprocessing child (fork start method) once its registries were reset: its exit
+    skips atexit but runs multiprocessing's finalizers, so the exit flush goes there too."""
+    import multiprocessing.util
+
+    client._mp_finalizer = multiprocessing.util.Finalize(
+        None, _atexit_shutdown, args=(weakref.ref(client),), exitpriority=100
+    )
 
 
 if hasattr(os, "register_at_fork"):
@@ -73,6 +91,8 @@ def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
     client = ref()
     if client is not None:
         try:
+            # Calls made later in the exit (another atexit handler) are sent inline until then.
+            client._exit_deadline = time.monotonic() + client._cfg.shutdown_timeout
             client.shutdown(client._cfg.shutdown_timeout)
         except Exception:  # never raise at interpreter exit
             logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
@@ -81,6 +101,24 @@ def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
 def _has_token(token: object) -> bool:
     """A push token counts when it is not None, empty or all white space."""
     return bool(token) and not (isinstance(token, str) and token.isspace())
+
+
+_PIPELINE_GLOBALS = (vars(_worker), vars(_queue))
+
+
+def _inside_pipeline() -> bool:
+    """True when the calling thread is already inside the pipeline further down its own stack: a
+    signal handler that interrupted track() or shutdown(), or an on_error callback, calling
+    flush()/shutdown(). Waiting there could wait on a lock that this very thread holds."""
+    frame: Optional[types.FrameType] = sys._getframe(2)  # skip this function and flush/shutdown
+    shutdown_code = CDPClient.shutdown.__code__
+    while frame is not None:
+        if frame.f_globals is _PIPELINE_GLOBALS[0] or frame.f_globals is _PIPELINE_GLOBALS[1]:
+            return True
+        if frame.f_code is shutdown_code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _abandoned(routes: Sequence[Route], timeout: float) -> None:
@@ -192,6 +230,11 @@ class CDPClient:
         atexit.register(self._atexit_hook)
         self._finalizer = weakref.finalize(self, _abandoned, self._routes, cfg.shutdown_timeout)
         self._finalizer.atexit = False
+        self._exit_deadline = 0.0  # the exit hook sets it: calls after shutdown go inline until then
+        self._mp_finalizer: Any = None
+        mp_process = sys.modules.get("multiprocessing.process")
+        if mp_process is not None and mp_process.parent_process() is not None:
+            _shutdown_at_multiprocessing_exit(self)  # built inside a multiprocessing child
 
     def _customer_io_destination(self, cio: CustomerIoConfig) -> Destination:
         from .destinations.customerio import CustomerIoDestination
@@ -382,13 +425,16 @@ class CDPClient:
         if kind != REGISTER_DEVICE:
             raw = msgspec.Raw(encode_properties(payload))  # validates even when nothing is sent
             payload = raw if len(routes) > 1 else payload
+        inline = self._cfg.sync_mode
         if self._closed:
-            for route in routes:
-                route.drop_at_offer((kind, b""), "shutdown")
-            self._warn_once(
-                "closed", "cdp_batcher: call after shutdown() dropped (counted as dropped: shutdown)"
-            )
-            return
+            if time.monotonic() >= self._exit_deadline:
+                for route in routes:
+                    route.drop_at_offer((kind, b""), "shutdown")
+                self._warn_once(
+                    "closed", "cdp_batcher: call after shutdown() dropped (counted as dropped: shutdown)"
+                )
+                return
+            inline = True  # interpreter exit, after the exit flush: send from this thread by its deadline
         if not self._cfg.send:
             for route in routes:
                 route.drop_at_offer((kind, b""), "disabled")
@@ -413,9 +459,9 @@ class CDPClient:
         for route, item, reason in items:
             if reason is not None:
                 route.drop_at_offer(item, reason, CDPError(f"{route.name}: event not sent ({reason})"))
-            elif self._cfg.sync_mode:
+            elif inline:
                 failure = route.send_now(item)
-                if failure is not None:
+                if failure is not None and self._cfg.sync_mode:
                     failures.append(failure[1])
             else:
                 route.put(item)
@@ -438,6 +484,8 @@ class CDPClient:
         >>> report = client.flush(timeout=10.0)  # doctest: +SKIP
         >>> assert report, report  # doctest: +SKIP
         """
+        if _inside_pipeline():
+            return self._unresolved_report()
         start = time.monotonic()
         deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
         marks = [(route, *route.begin_flush(deadline)) for route in self._routes]
@@ -456,8 +504,17 @@ class CDPClient:
         """Flush, stop the threads and close connections, within ``timeout`` (default
         ``shutdown_timeout``). Idempotent: later calls return the first call's report.
 
+        Called on a thread that is already inside the client (a signal handler that interrupted
+        track() or a shutdown in progress, or an ``on_error`` callback), it cannot wait there: it
+        stops taking calls, finishes in a helper thread (which interpreter exit waits for) by the
+        same deadline, and returns at once a report of what is unresolved.
+
         >>> client.shutdown(timeout=5.0)  # doctest: +SKIP
         """
+        if self._shutdown_report is not None:
+            return self._shutdown_report
+        if _inside_pipeline():
+            return self._shutdown_later(timeout)
         with self._shutdown_lock:
             if self._shutdown_report is not None:
                 return self._shutdown_report
@@ -477,8 +534,36 @@ class CDPClient:
             self._shutdown_report = report
             atexit.unregister(self._atexit_hook)
             self._finalizer.detach()
+            if self._mp_finalizer is not None:
+                self._mp_finalizer.cancel()
             _live_clients.discard(self)
             return report
+
+    def _shutdown_later(self, timeout: Optional[float]) -> DeliveryReport:
+        deadline = time.monotonic() + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
+        self._closed = True
+        self._fast_put = None
+        self._fast_fan = None
+
+        def finish() -> None:
+            try:
+                self.shutdown(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                self._log.exception("cdp_batcher: deferred shutdown failed")
+
+        helper = threading.Thread(target=finish, name="cdp_batcher-shutdown", daemon=False)
+        with contextlib.suppress(RuntimeError):  # at interpreter shutdown the exit hook finishes
+            helper.start()
+        return self._unresolved_report()
+
+    def _unresolved_report(self) -> DeliveryReport:
+        """What is queued or in flight, read without taking any lock (for calls that cannot wait)."""
+        empty: Mapping[str, int] = types.MappingProxyType({})
+        reports = {
+            route.name: DestinationReport(0, empty, empty, len(route.queue) + route._in_flight)
+            for route in self._routes
+        }
+        return DeliveryReport(types.MappingProxyType(reports), False, 0.0)
 
     close = shutdown
 
@@ -511,6 +596,7 @@ class CDPClient:
     def _after_fork_in_child(self) -> None:
         for route in self._routes:
             route.after_fork_in_child()
+        self._limiter._lock = threading.Lock()  # a parent thread may have held it at the fork
         self._shutdown_lock = threading.Lock()
         self._set_fast_path()
 
@@ -720,3 +806,57 @@ class CDPClient:
                         return False
                     route._progress.wait(left)
         return True
+
+    # ------------------------------------------------------------ serverless, short-lived jobs
+    @contextlib.contextmanager
+    def flushing(self, timeout: Optional[float] = 10.0) -> Iterator[CDPClient]:
+        """Flush when the block ends, even when it raises: for serverless handlers and jobs whose
+        process may be frozen or killed right after. Logs a warning when not all was delivered.
+
+        >>> def handler(event, context):  # doctest: +SKIP
+        ...     with client.flushing(timeout=5.0):
+        ...         client.track(event["user"], "invoked")
+        """
+        try:
+            yield self
+        finally:
+            self._flush_at_end(timeout)
+
+    def flush_after(self, timeout: Optional[float] = 10.0) -> Callable[[_F], _F]:
+        """Decorator: :meth:`flush` after every call of the function (``async`` ones too), even
+        when it raises; the function's result is returned unchanged.
+
+        >>> @client.flush_after(timeout=5.0)  # doctest: +SKIP
+        ... def handler(event, context):
+        ...     client.track(event["user"], "invoked")
+        """
+
+        def decorate(func: _F) -> _F:
+            import inspect
+
+            if inspect.iscoroutinefunction(func):
+
+                @functools.wraps(func)
+                async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                    try:
+                        return await func(*args, **kwargs)
+                    finally:
+                        self._log_unflushed(await self.aflush(timeout))
+
+                return cast(_F, awrapper)
+
+            @functools.wraps(func)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.flushing(timeout):
+                    return func(*args, **kwargs)
+
+            return cast(_F, wrapper)
+
+        return decorate
+
+    def _flush_at_end(self, timeout: Optional[float]) -> None:
+        self._log_unflushed(self.flush(timeout))
+
+    def _log_unflushed(self, report: DeliveryReport) -> None:
+        if not report:
+            self._log.warning("cdp_batcher: flush at the end of the invocation incomplete: %s", report)

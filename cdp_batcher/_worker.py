@@ -22,6 +22,7 @@ from queue import SimpleQueue
 from typing import Any, Callable, Optional
 
 from ._config import OnError
+from ._errors import CDPError
 from ._event import KIND_NAMES, Item
 from ._queue import EventQueue
 from ._stats import DestinationReport, DestinationStats, FailedEvent, frozen_counts
@@ -32,6 +33,10 @@ __all__ = ["LogLimiter", "Route"]
 _monotonic = time.monotonic
 
 DELIVERED, FAILED, DROPPED = 0, 1, 2
+
+#: Requests and retry waits end this long before a shutdown deadline, so that their outcome is
+#: counted by the deadline (a report then has nothing pending that was cut short).
+RESOLVE_MARGIN = 0.05
 
 
 class LogLimiter:
@@ -69,11 +74,20 @@ class _SenderPool:
         self._busy = 0
         self._lock = threading.Lock()
 
+    def acquire(self, timeout: Optional[float]) -> bool:
+        """Wait for a free sender (at most ``timeout`` seconds; None: no limit)."""
+        return self._size == 1 or self._slots.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire` and not used."""
+        if self._size != 1:
+            self._slots.release()
+
     def submit(self, unit: tuple[int, list[Item]]) -> None:
+        """Send ``unit`` on a slot taken by :meth:`acquire`."""
         if self._size == 1:
             self._run(unit)
             return
-        self._slots.acquire()
         with self._lock:
             self._busy += 1
             need_thread = self._busy > len(self._threads)
@@ -123,7 +137,7 @@ class _Control:
 
     def remaining(self) -> Optional[float]:
         deadline = self._route._deadline
-        return None if deadline is None else deadline - _monotonic()
+        return None if deadline is None else deadline - RESOLVE_MARGIN - _monotonic()
 
     def sleep(self, delay: float) -> bool:
         route = self._route
@@ -131,7 +145,7 @@ class _Control:
         with route._deadline_cond:
             while True:
                 deadline = route._deadline
-                if deadline is not None and deadline < end:
+                if deadline is not None and deadline - RESOLVE_MARGIN < end:
                     return False
                 left = end - _monotonic()
                 if left <= 0:
@@ -229,6 +243,7 @@ class Route:
         self._failed: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._outstanding: dict[int, int] = {}  # batch base sequence -> items not yet resolved
+        self._backlog: deque[tuple[int, list[Item]]] = deque()  # units drained, not yet sending
         self._flush_target = 0
         self._stopping = False
         self._deadline: Optional[float] = None
@@ -270,8 +285,28 @@ class Route:
 
     def _on_first(self) -> None:
         thread = self._thread
-        if thread is None or self._pid != os.getpid() or not thread.is_alive():
-            self._ensure_thread()
+        if (
+            (thread is None or self._pid != os.getpid() or not thread.is_alive())
+            and not self._ensure_thread()
+            and self._stopping
+            and self._pid == os.getpid()
+        ):  # a call that raced shutdown() onto a queue no flusher will drain again
+            self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
+
+    def _drop_queued(self, reason: str, error: BaseException) -> None:
+        """Resolve everything still queued, or drained but not yet given to a sender, as dropped."""
+        with self._lock:
+            base = self.queue.drained
+            items = self.queue.drain_locked(len(self.queue))
+            if items:
+                self._in_flight += len(items)
+                self._outstanding[base] = len(items)
+            units = list(self._backlog)
+            self._backlog.clear()
+        for unit_base, unit in units:
+            _Control(self, unit_base, len(unit)).dropped(unit, reason, error)
+        if items:
+            _Control(self, base, len(items)).dropped(items, reason, error)
 
     def _ensure_thread(self) -> bool:
         with self._start_lock:
@@ -303,15 +338,8 @@ class Route:
                 n = len(queue)
                 now = _monotonic()
                 deadline = self._deadline
-                if self._stopping and deadline is not None and now >= deadline:
-                    base = queue.drained
-                    items = queue.drain_locked(n)
-                    self._in_flight += len(items)
-                    if items:
-                        self._outstanding[base] = len(items)
-                    expired = True
-                else:
-                    expired = False
+                expired = self._stopping and deadline is not None and now >= deadline
+                if not expired:
                     urgent = self._stopping or inline or self._flush_target > queue.drained
                     if n and (urgent or n >= self._batch_size or now - queue.first_at >= self._interval):
                         base = queue.drained
@@ -321,15 +349,13 @@ class Route:
                 full = queue.full_drops
             self._housekeeping(full)
             if expired:
-                if items:
-                    ctl = _Control(self, base, len(items))
-                    ctl.dropped(
-                        items, "shutdown_timeout", TimeoutError("shutdown deadline passed before sending")
-                    )
+                self._drop_queued("shutdown_timeout", TimeoutError("shutdown deadline passed before sending"))
                 break
             if items:
-                for unit in self._units(items, base):
-                    self._pool.submit(unit)
+                units = self._units(items, base)
+                with lock:
+                    self._backlog.extend(units)
+                self._hand_out()
                 continue
             if self._stopping or inline:
                 break
@@ -340,6 +366,21 @@ class Route:
         with self._progress:
             left = self._time_left() if until is None else max(0.0, until - _monotonic())
             self._progress.wait_for(lambda: not self._outstanding, timeout=left)
+        if self._stopping and not inline:
+            # Also when no shutdown() will call finish_shutdown (a garbage-collected client).
+            self._pool.stop(self._deadline if self._deadline is not None else _monotonic())
+
+    def _hand_out(self) -> None:
+        """Give the backlog's units to senders as they free up. Waiting for a sender ends at the
+        shutdown deadline: what is left then is dropped (by the dispatcher or finish_shutdown)."""
+        pool = self._pool
+        while pool.acquire(self._time_left()):
+            with self._lock:
+                unit = self._backlog.popleft() if self._backlog else None
+            if unit is None:
+                pool.release()
+                return
+            pool.submit(unit)
 
     def _time_left(self) -> Optional[float]:
         deadline = self._deadline
@@ -475,9 +516,15 @@ class Route:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - _monotonic()))
-        elif (len(self.queue) or self._rejects) and self._pid == os.getpid():
+        if (
+            (thread is None or not thread.is_alive())
+            and (len(self.queue) or self._rejects)
+            and self._pid == os.getpid()
+        ):  # no flusher ran, or a call raced its exit
             self._run(inline=True, until=deadline)
         self._pool.stop(deadline)
+        if len(self.queue) or self._backlog:  # the deadline passed with units waiting for a sender
+            self._drop_queued("shutdown_timeout", TimeoutError("shutdown deadline passed before sending"))
         if thread is None or not thread.is_alive():
             self.dest.close()
 

@@ -7,6 +7,11 @@ for a bounded time first (a sender may still be returning from its last request)
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
-from cdp_batcher import CDPClient
+from cdp_batcher import CDPClient, Stats
 from cdp_batcher.testing import Collector
 
 API_KEY = "test-key"
@@ -80,3 +85,53 @@ def make_client(collector: Collector) -> Iterator[MakeClient]:
     yield make
     for client in made:
         client.shutdown(timeout=2.0)
+
+
+# ------------------------------------------------------------------------------ shared helpers
+def assert_accounted(stats: Stats) -> None:
+    """Every call a destination was offered sits in exactly one bucket (or is still queued/in flight)."""
+    for name, d in stats.destinations.items():
+        resolved = d.delivered + d.failed_total + d.dropped_total
+        assert d.enqueued == resolved + d.queued + d.in_flight, (name, d.as_dict())
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 30.0, env: Any = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` (dedented) in a fresh interpreter; (the finished process, seconds it took)."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return proc, time.monotonic() - start
+
+
+def sockets_connected_to(port: int) -> int:
+    """How many of this process's sockets are connected to ``port`` on loopback (Linux /proc)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            dup = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with dup:
+            try:
+                peer = dup.getpeername()
+            except OSError:
+                continue
+        if isinstance(peer, tuple) and len(peer) >= 2 and peer[1] == port:
+            count += 1
+    return count
