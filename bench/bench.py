@@ -633,12 +633,13 @@ def table(results: dict[str, Any]) -> list[str]:
         f"{'figure':<31}{'cdp_batcher':>12}{'segment':>10}{'posthog':>10}{'raw':>10}"
         f"{'cdp/seg':>9}{'cdp/ph':>9}{'cdp/raw':>9}  {'target':<18}{'met':<4}"
     )
+    head = head.rstrip()
     lines = [head, "-" * len(head)]
     for label, cdp, seg, ph, raw, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")
         lines.append(
             f"{label:<31}{_fmt(cdp):>12}{_fmt(seg):>10}{_fmt(ph):>10}{_fmt(raw):>10}"
-            f"{_ratio(cdp, seg):>9}{_ratio(cdp, ph):>9}{_ratio(cdp, raw):>9}  {target:<18}{mark:<4}"
+            f"{_ratio(cdp, seg):>9}{_ratio(cdp, ph):>9}{_ratio(cdp, raw):>9}  {target:<18}{mark:<4}".rstrip()
         )
     return lines
 

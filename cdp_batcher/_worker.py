@@ -391,7 +391,11 @@ class Route:
         dest = self.dest
         per = dest.max_unit_events
         if per == 1:
-            return [(base, [item]) for item in items]
+            # One request per event. Each sender takes a run of consecutive events, sent one after
+            # the other, instead of one event per hand-off: the batch still spreads over every
+            # sender, with a tenth of the thread wake-ups (make bench: per-event CPU).
+            run = max(1, -(-len(items) // max(1, dest.concurrency)))
+            return [(base, items[i : i + run]) for i in range(0, len(items), run)]
         limit = dest.max_unit_bytes
         units: list[tuple[int, list[Item]]] = []
         current: list[Item] = []
