@@ -45,7 +45,7 @@ CHUNK = 1_000
 LATENCY = 0.050
 #: Runs are repeated (interleaved) and the best kept: the machine may be shared.
 REPEATS = 3
-CALLER_REPEATS = 2
+CALLER_REPEATS = 3
 
 Track = Callable[[str, str, dict[str, Any]], object]
 
