@@ -304,3 +304,22 @@ def test_16_threads_x_5000_events_exactly_once(fast_sink: str) -> None:
     counts = seen["events"]
     assert len(counts) == 80_000 and set(counts.values()) == {1}
     assert all(f"thread-{n}:{i}" in counts for n in (0, 15) for i in (0, 4999))
+
+
+def test_a_retrying_event_does_not_hold_up_the_rest_of_its_run(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    """One sender, one run of 10 events: the first waits out Retry-After 2 s while the other 9 go."""
+    collector.rate_limit_next(1, retry_after="2")
+    client = make_client(
+        max_concurrent_requests=1, max_batch_size=10, flush_interval=60.0, retry_max_time=10.0
+    )
+    start = time.monotonic()
+    for i in range(10):
+        client.track("u", "e", {"i": i})
+    assert collector.wait_for(9, timeout=1.5), collector.count()
+    assert time.monotonic() - start < 1.9
+    assert client.flush(timeout=10)
+    assert time.monotonic() - start >= 1.9
+    assert sorted(e["body"]["properties"]["i"] for e in collector.events()) == list(range(10))
+    assert client.stats().destinations["opencdp"].retried == 1

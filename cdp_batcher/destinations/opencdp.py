@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 import requests
@@ -86,6 +86,21 @@ def server_message(answer: Answer) -> str:
             if isinstance(value, str) and value.strip():
                 return value.strip()[:300]
     return answer.error_text()
+
+
+class _Retrying:
+    """Retry state of one event: its backoff delays, attempts so far and when it is due."""
+
+    __slots__ = ("attempts", "delays", "due", "error", "item", "reason", "started")
+
+    def __init__(self, item: Item, delays: Iterator[float], started: float) -> None:
+        self.item = item
+        self.delays = delays
+        self.started = started
+        self.attempts = 0
+        self.due = started
+        self.reason = ""
+        self.error: BaseException = DeliveryError("not attempted")
 
 
 class HostRing:
@@ -174,31 +189,49 @@ class OpenCdpDestination(Destination):
 
     # -------------------------------------------------------------------------------- sending
     def send(self, items: Sequence[Item], ctl: SendControl) -> None:
-        for item in items:
-            self._deliver(item, ctl)
+        """Send a run of events one request each. An event that must be retried waits out its
+        backoff while the rest of the run goes ahead: one failing event never holds up others."""
+        retrying = [state for state in (self._attempt(item, None, ctl) for item in items) if state]
+        while retrying:
+            due = min(state.due for state in retrying)
+            wait = due - time.monotonic()
+            if wait > 0 and not ctl.sleep(wait):  # the deadline comes first: no retry can happen
+                for state in retrying:
+                    ctl.failed((state.item,), state.reason, state.error)
+                return
+            now = time.monotonic()
+            later: list[_Retrying] = []
+            for state in retrying:
+                if state.due > now:
+                    later.append(state)
+                    continue
+                ctl.retried(1)
+                again = self._attempt(state.item, state, ctl)
+                if again is not None:
+                    later.append(again)
+            retrying = later
 
-    def _deliver(self, item: Item, ctl: SendControl) -> None:
-        path = PATHS[item[0]]
+    def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
+        """One attempt across the hosts: resolves the event, or returns when to try it again."""
         policy = self._policy
-        delays = policy.delays()
-        started = time.monotonic()
-        attempts = 0
-        while True:
-            answer, error, reason = self.post_with_failover(path, item[1], ctl.remaining())
-            attempts += 1
-            if answer is not None and answer.ok:
-                ctl.delivered((item,))
-                return
-            assert error is not None
-            retryable = answer is None or policy.is_retryable_status(answer.status)
-            if not retryable:
-                ctl.failed((item,), reason, error)
-                return
-            delay = policy.next_delay(delays, answer.retry_after if answer is not None else None)
-            if not policy.may_retry(attempts, started, time.monotonic(), delay) or not ctl.sleep(delay):
-                ctl.failed((item,), reason, error)
-                return
-            ctl.retried(1)
+        if state is None:
+            state = _Retrying(item, policy.delays(), time.monotonic())
+        answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
+        if answer is not None and answer.ok:
+            ctl.delivered((item,))
+            return None
+        assert error is not None
+        state.attempts += 1
+        if answer is not None and not policy.is_retryable_status(answer.status):
+            ctl.failed((item,), reason, error)
+            return None
+        delay = policy.next_delay(state.delays, answer.retry_after if answer is not None else None)
+        now = time.monotonic()
+        if not policy.may_retry(state.attempts, state.started, now, delay):
+            ctl.failed((item,), reason, error)
+            return None
+        state.due, state.reason, state.error = now + delay, reason, error
+        return state
 
     def post_with_failover(
         self, path: str, body: Optional[bytes], remaining: Optional[float], *, method: str = "POST"
