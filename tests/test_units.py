@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 
 import pytest
@@ -125,3 +126,19 @@ def test_host_ring_sticks_to_the_host_that_answered() -> None:
     assert list(ring.order()) == ["f1", "f2", "p"]
     ring._since -= 3600  # as if the failover happened an hour ago
     assert list(ring.order()) == ["p", "f1", "f2"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_ulid_randomness_differs_after_fork() -> None:
+    """A forked child does not repeat its parent's ULIDs (the random source is re-seeded)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, new_ulid(0).encode())
+        os._exit(0)
+    os.close(write)
+    mine = new_ulid(0)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert status == 0 and len(child) == 26 and child != mine
