@@ -45,7 +45,14 @@ from types import FrameType
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
-__all__ = ["CIO_MAX_BODY_BYTES", "CIO_MAX_ENTRY_BYTES", "Collector", "RecordedRequest", "main"]
+__all__ = [
+    "CIO_MAX_BODY_BYTES",
+    "CIO_MAX_ENTRY_BYTES",
+    "Collector",
+    "RecordedRequest",
+    "RecordingLogger",
+    "main",
+]
 
 logger = logging.getLogger("cdp_batcher.testing")
 
@@ -465,6 +472,43 @@ def _is_loopback(host: str) -> bool:
 # --------------------------------------------------------------------------- the collector
 
 _Events = list[tuple[str, dict[str, Any]]]
+
+
+class RecordingLogger:
+    """A logger for tests: keeps every formatted line, per level (thread-safe).
+
+    Pass it as ``CDPClient(logger=...)`` to assert on what the library logged.
+
+    >>> log = RecordingLogger()
+    >>> client = CDPClient(cdp_api_key="k", logger=log)  # doctest: +SKIP
+    >>> log.at("warning")  # doctest: +SKIP
+    ['...']
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _log(self, level: str, msg: str, *args: Any) -> None:
+        with self._lock:
+            self.lines.append((level, msg % args if args else msg))
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._log("debug", msg, *args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._log("info", msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._log("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._log("error", msg, *args)
+
+    def at(self, level: str) -> list[str]:
+        """The lines logged at ``level`` ("debug", "info", "warning" or "error")."""
+        with self._lock:
+            return [line for lvl, line in self.lines if lvl == level]
 
 
 class Collector:

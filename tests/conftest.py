@@ -69,6 +69,51 @@ def collector() -> Iterator[Collector]:
 MakeClient = Callable[..., CDPClient]
 
 
+def _module_key(request: pytest.FixtureRequest) -> str:
+    """The API key a test module expects (its ``KEY``), else :data:`API_KEY`."""
+    return str(getattr(request.module, "KEY", API_KEY))
+
+
+@pytest.fixture
+def primary(request: pytest.FixtureRequest) -> Iterator[Collector]:
+    """A started collector expecting the module's key (the primary of a failover pair)."""
+    with Collector(api_key=_module_key(request)) as c:
+        yield c
+
+
+@pytest.fixture
+def fallback(request: pytest.FixtureRequest) -> Iterator[Collector]:
+    """A second started collector expecting the module's key (a fallback host)."""
+    with Collector(api_key=_module_key(request)) as c:
+        yield c
+
+
+@pytest.fixture
+def make_failover_client(
+    request: pytest.FixtureRequest, primary: Collector, fallback: Collector
+) -> Iterator[MakeClient]:
+    """Clients pointed at ``primary`` then ``fallback`` (keywords override); all shut down after."""
+    made: list[CDPClient] = []
+
+    def make(**overrides: Any) -> CDPClient:
+        settings: dict[str, Any] = {
+            "cdp_api_key": _module_key(request),
+            "cdp_endpoint": primary.url,
+            "cdp_fallback_endpoints": [fallback.url],
+            "timeout_ms": 2000,
+            "retry_max_time": 2.0,
+            "flush_interval": 0.05,
+        }
+        settings.update(overrides)
+        client = CDPClient(**settings)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.shutdown(timeout=2.0)
+
+
 @pytest.fixture
 def make_client(collector: Collector) -> Iterator[MakeClient]:
     """A factory of clients pointed at ``collector`` with :data:`FAST` settings (any keyword

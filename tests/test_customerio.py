@@ -31,7 +31,7 @@ from cdp_batcher.destinations.customerio import (
     MAX_ENTRY_BYTES,
     CustomerIoDestination,
 )
-from cdp_batcher.testing import Collector
+from cdp_batcher.testing import Collector, RecordingLogger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,30 +146,6 @@ class Errors:
                 lambda: sum(e.destination == destination for _, evs in self.calls for e in evs) >= n,
                 timeout,
             )
-
-
-class ListLogger:
-    """A logger that keeps formatted lines (the client accepts any debug/info/warning/error)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def _log(self, level: str, msg: str, *args: Any) -> None:
-        with self._lock:
-            self.lines.append((level, msg % args if args else msg))
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._log("debug", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._log("info", msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._log("warning", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._log("error", msg, *args)
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -594,7 +570,7 @@ def test_400_fails_the_batch_without_retry(hub: Collector, make_client: MakeClie
 
 def test_401_fails_and_warns_once_about_credentials(hub: Collector, make_client: MakeClient) -> None:
     """401: failed, not retried, one credentials warning for many batches; keys never logged."""
-    log = ListLogger()
+    log = RecordingLogger()
     errors = Errors()
     client = make_client(cio_key="wrong-key", logger=log, on_error=errors, flush_interval=5.0)
     for round_ in range(3):

@@ -35,15 +35,6 @@ def assert_invariant(stats: DestinationStats) -> None:
     assert stats.enqueued == total, stats
 
 
-@pytest.fixture
-def fallback() -> Iterator[Collector]:
-    c = Collector(api_key=API_KEY).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def test_batch_size_triggers_a_flush(collector: Collector, make_client: MakeClient) -> None:
     """max_batch_size waiting events are sent without flush() and long before flush_interval."""
     client = make_client(max_batch_size=10, flush_interval=60.0)

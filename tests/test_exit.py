@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import textwrap
-import time
-
 import pytest
 
 from cdp_batcher.testing import Collector
 
-from conftest import API_KEY
+from conftest import API_KEY, run_python, unused_port
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def run_script(code: str, timeout: float = 30) -> tuple[subprocess.CompletedProcess[str], float]:
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
-    )
-    return proc, time.monotonic() - start
-
-
 def baseline() -> float:
     """How long starting Python, importing the package and exiting takes right now (load varies)."""
-    _, elapsed = run_script("from cdp_batcher import CDPClient; CDPClient(cdp_api_key='k', send=False)")
+    _, elapsed = run_python("from cdp_batcher import CDPClient; CDPClient(cdp_api_key='k', send=False)")
     return elapsed
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_exit_flushes_pending_events(collector: Collector) -> None:
     """A script that tracks and simply ends: the atexit hook delivers every pending event."""
-    proc, _ = run_script(
+    proc, _ = run_python(
         f"""
         from cdp_batcher import CDPClient
         client = CDPClient(cdp_api_key={API_KEY!r}, cdp_endpoint={collector.url!r},
@@ -57,7 +37,7 @@ def test_exit_flushes_pending_events(collector: Collector) -> None:
 def test_exit_with_every_host_down_is_bounded_by_shutdown_timeout() -> None:
     """Every host refuses connections and retries could last a minute: exit still takes ~shutdown_timeout."""
     hosts = [f"http://127.0.0.1:{unused_port()}", f"http://127.0.0.1:{unused_port()}"]
-    proc, elapsed = run_script(
+    proc, elapsed = run_python(
         f"""
         import time
         from cdp_batcher import CDPClient
@@ -77,7 +57,7 @@ def test_exit_with_every_host_down_is_bounded_by_shutdown_timeout() -> None:
 def test_exit_with_slow_gateway_is_bounded(collector: Collector) -> None:
     """A gateway slower than the deadline: requests are cut to the deadline, exit stays bounded."""
     collector.set_latency(20)
-    proc, elapsed = run_script(
+    proc, elapsed = run_python(
         f"""
         from cdp_batcher import CDPClient
         client = CDPClient(cdp_api_key={API_KEY!r}, cdp_endpoint={collector.url!r}, cdp_fallback_endpoints=[],

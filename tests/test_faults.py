@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ import pytest
 from cdp_batcher import CDPClient, DeliveryError, FailedEvent, SerializationError
 from cdp_batcher.testing import Collector
 
-from conftest import API_KEY, MakeClient, assert_accounted, unused_port
+from conftest import MakeClient, assert_accounted, unused_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,15 +58,6 @@ def track_n(client: CDPClient, n: int, user: str = "u1", start: int = 0) -> None
 
 def stats_of(client: CDPClient) -> Any:
     return client.stats().destinations["opencdp"]
-
-
-@pytest.fixture
-def fallback() -> Iterator[Collector]:
-    c = Collector(api_key=API_KEY).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 # ---------------------------------------------------------------------------- server answers

@@ -20,7 +20,7 @@ from cdp_batcher import (
     SendResult,
     ValidationError,
 )
-from cdp_batcher.testing import Collector
+from cdp_batcher.testing import Collector, RecordingLogger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,64 +29,10 @@ KEY = "sk_live_parity_SECRET_4f9a2c7e"
 MakeClient = Callable[..., CDPClient]
 
 
-class ListLogger:
-    """A custom logger: anything with debug/info/warning/error methods."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def _log(self, level: str, msg: str, *args: Any) -> None:
-        self.lines.append((level, msg % args if args else msg))
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._log("debug", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._log("info", msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._log("warning", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._log("error", msg, *args)
-
-    def at(self, level: str) -> list[str]:
-        return [line for lvl, line in self.lines if lvl == level]
-
-
 @pytest.fixture
-def primary() -> Iterator[Collector]:
-    with Collector(api_key=KEY) as collector:
-        yield collector
-
-
-@pytest.fixture
-def fallback() -> Iterator[Collector]:
-    with Collector(api_key=KEY) as collector:
-        yield collector
-
-
-@pytest.fixture
-def make_client(primary: Collector, fallback: Collector) -> Iterator[MakeClient]:
-    clients: list[CDPClient] = []
-
-    def make(**kwargs: Any) -> CDPClient:
-        settings: dict[str, Any] = {
-            "cdp_api_key": KEY,
-            "cdp_endpoint": primary.url,
-            "cdp_fallback_endpoints": [fallback.url],
-            "timeout_ms": 2000,
-            "retry_max_time": 2.0,
-            "flush_interval": 0.05,
-        }
-        settings.update(kwargs)
-        client = CDPClient(**settings)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.shutdown(timeout=2.0)
+def make_client(make_failover_client: MakeClient) -> MakeClient:
+    """Clients on the primary/fallback pair of collectors (conftest)."""
+    return make_failover_client
 
 
 @pytest.fixture
@@ -276,7 +222,7 @@ def test_fail_on_exception_true_raises(
     make_client: MakeClient, primary: Collector, method: str, fields: Any
 ) -> None:
     """fail_on_exception=True: a delivery failure raises DeliveryError; nothing is logged as a warning."""
-    log = ListLogger()
+    log = RecordingLogger()
     primary.fail_next(1, 500)
     client = make_client(fail_on_exception=True, logger=log)
     with pytest.raises(DeliveryError) as info:
@@ -290,7 +236,7 @@ def test_fail_on_exception_false_returns_falsy(
     make_client: MakeClient, primary: Collector, method: str, fields: Any
 ) -> None:
     """fail_on_exception=False (the default): a warning and a falsy result holding the error."""
-    log = ListLogger()
+    log = RecordingLogger()
     primary.fail_next(1, 500)
     client = make_client(logger=log)
     result = getattr(client, method)(**fields)
@@ -308,7 +254,7 @@ def test_custom_logger_receives_the_library_warnings(
     make_client: MakeClient, primary: Collector, fallback: Collector
 ) -> None:
     """Warnings from the calls and from the delivery threads go to the user's logger."""
-    log = ListLogger()
+    log = RecordingLogger()
     client = make_client(logger=log, retry_max_time=0.2, max_retries=1)
     client.identify("ann@example.com", {"plan": "pro"})  # the contract discourages email identifiers
     client.send_email(identifiers={"id": "u1"}, to="a@example.com", transactional_message_id=1, tracked=True)
@@ -327,7 +273,7 @@ def test_custom_logger_receives_the_library_warnings(
 
 def test_debug_raises_verbosity_on_a_custom_logger(make_client: MakeClient, primary: Collector) -> None:
     """debug=True: the transactional path explains itself at debug level."""
-    log = ListLogger()
+    log = RecordingLogger()
     primary.go_down()
     client = make_client(logger=log, debug=True)
     assert client.send_push(identifiers={"id": "u1"}, transactional_message_id=1)

@@ -3,9 +3,9 @@ any request, and the at-most-once retry rules (CONTRACT.md, "Retry policy for tr
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -21,7 +21,7 @@ from cdp_batcher import (
     SerializationError,
     ValidationError,
 )
-from cdp_batcher.testing import Collector
+from cdp_batcher.testing import Collector, RecordingLogger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,64 +30,10 @@ KEY = "sk_test_transactional_0123456789"
 MakeClient = Callable[..., CDPClient]
 
 
-class ListLogger:
-    """A custom logger (debug/info/warning/error) that keeps formatted lines per level."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def _log(self, level: str, msg: str, *args: Any) -> None:
-        self.lines.append((level, msg % args if args else msg))
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._log("debug", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._log("info", msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._log("warning", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._log("error", msg, *args)
-
-    def at(self, level: str) -> list[str]:
-        return [line for lvl, line in self.lines if lvl == level]
-
-
 @pytest.fixture
-def primary() -> Iterator[Collector]:
-    with Collector(api_key=KEY) as collector:
-        yield collector
-
-
-@pytest.fixture
-def fallback() -> Iterator[Collector]:
-    with Collector(api_key=KEY) as collector:
-        yield collector
-
-
-@pytest.fixture
-def make_client(primary: Collector, fallback: Collector) -> Iterator[MakeClient]:
-    """Clients pointed at primary (then fallback, unless told otherwise); all shut down after."""
-    clients: list[CDPClient] = []
-
-    def make(**kwargs: Any) -> CDPClient:
-        settings: dict[str, Any] = {
-            "cdp_api_key": KEY,
-            "cdp_endpoint": primary.url,
-            "cdp_fallback_endpoints": [fallback.url],
-            "timeout_ms": 2000,
-            "retry_max_time": 10.0,
-        }
-        settings.update(kwargs)
-        client = CDPClient(**settings)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.shutdown(timeout=2.0)
+def make_client(make_failover_client: MakeClient) -> MakeClient:
+    """Clients on the primary/fallback pair of collectors (conftest)."""
+    return functools.partial(make_failover_client, retry_max_time=10.0)
 
 
 def email(**overrides: Any) -> dict[str, Any]:
@@ -374,7 +320,7 @@ def test_unencodable_value_is_a_serialization_error_before_any_request(
 
 def test_unsupported_fields_warn_once_per_field_set(make_client: MakeClient, primary: Collector) -> None:
     """Fields the backend ignores are sent with one warning naming them, not one per call."""
-    log = ListLogger()
+    log = RecordingLogger()
     client = make_client(logger=log)
     for _ in range(3):
         assert client.send_email(**email(send_at=0, tracked=True, reply_to="help@example.com"))
@@ -551,7 +497,7 @@ def test_fail_on_exception_false_logs_and_returns_a_falsy_result(
     make_client: MakeClient, primary: Collector
 ) -> None:
     """The failure is logged (no key, no message content) and returned as a falsy SendResult."""
-    log = ListLogger()
+    log = RecordingLogger()
     primary.fail_next(1, 500, body={"error": "boom"})
     client = make_client(logger=log, cdp_fallback_endpoints=[])
     result = client.send_email(**email(message_data={"secret_code": "XYZ-991"}))
