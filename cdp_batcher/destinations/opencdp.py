@@ -30,6 +30,10 @@ __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "serve
 PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevice")
 PING_PATH = "/v1/health/ping"
 
+HINT_WEIGHT = 0.25
+HINT_MARGIN = 1.0
+HINT_MIN_CPU = 0.00005
+
 #: After this long on a fallback host, the primary is tried first again.
 PRIMARY_RETRY_AFTER = 30.0
 
@@ -86,6 +90,18 @@ def server_message(answer: Answer) -> str:
             if isinstance(value, str) and value.strip():
                 return value.strip()[:300]
     return answer.error_text()
+
+
+def http_error(path: str, host: str, answer: Answer, tried: Sequence[str]) -> DeliveryError:
+    """The error for a non-2xx answer: status, host and the server's message (never the key)."""
+    text = server_message(answer)
+    return DeliveryError(
+        f"{path} to {host}: HTTP {answer.status}" + (f": {text}" if text else ""),
+        status_code=answer.status,
+        host=host,
+        server_message=text or None,
+        hosts_tried=tuple(tried),
+    )
 
 
 class _Retrying:
@@ -153,6 +169,9 @@ class OpenCdpDestination(Destination):
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self._http = HttpTransport(session, pool_size=concurrency)
         self._lock = threading.Lock()
+        self._latency = 0.0  # averages of a request's wall time and CPU time (0: none yet)
+        self._cpu = 0.0
+        self.samples: list[tuple[float, float, float, int]] = []
 
     def __repr__(self) -> str:
         return f"OpenCdpDestination(hosts={self.ring.hosts!r})"
@@ -211,12 +230,29 @@ class OpenCdpDestination(Destination):
                     later.append(again)
             retrying = later
 
+    def concurrency_hint(self) -> int:
+        latency, cpu = self._latency, self._cpu
+        if latency == 0.0:
+            return self.concurrency
+        return min(self.concurrency, max(1, -int(-latency // max(cpu * HINT_MARGIN, HINT_MIN_CPU))))
+
+    def _measured(self, wall: float, cpu: float) -> None:
+        if self._latency == 0.0:
+            self._latency, self._cpu = wall, cpu
+        else:
+            w = HINT_WEIGHT
+            self._latency += w * (wall - self._latency)
+            self._cpu += w * (cpu - self._cpu)
+        self.samples.append((time.monotonic(), wall, cpu, self.concurrency_hint()))
+
     def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
         """One attempt across the hosts: resolves the event, or returns when to try it again."""
         policy = self._policy
         if state is None:
             state = _Retrying(item, policy.delays(), time.monotonic())
+        started, cpu = time.monotonic(), time.thread_time()
         answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
+        self._measured(time.monotonic() - started, time.thread_time() - cpu)
         if answer is not None and answer.ok:
             ctl.delivered((item,))
             return None
@@ -273,14 +309,7 @@ class OpenCdpDestination(Destination):
                     self.ring.answered(host)
                     return answer, None, "ok"
                 reason = f"http_{answer.status}"
-                text = answer.error_text()
-                error = DeliveryError(
-                    f"{path} to {host}: HTTP {answer.status}" + (f": {text}" if text else ""),
-                    status_code=answer.status,
-                    host=host,
-                    server_message=text or None,
-                    hosts_tried=tuple(tried),
-                )
+                error = http_error(path, host, answer, tried)
                 if not RetryPolicy.should_fail_over(answer.status):
                     return answer, error, reason
             if remaining is not None:
@@ -346,14 +375,7 @@ class OpenCdpDestination(Destination):
                 if answer.ok:
                     self.ring.answered(host)
                     return SendOutcome(answer, host, None, "ok", attempts, tuple(tried))
-                text = server_message(answer)
-                error = DeliveryError(
-                    f"{path} to {host}: HTTP {answer.status}" + (f": {text}" if text else ""),
-                    status_code=answer.status,
-                    host=host,
-                    server_message=text or None,
-                    hosts_tried=tuple(tried),
-                )
+                error = http_error(path, host, answer, tried)
                 last = SendOutcome(answer, host, error, f"http_{answer.status}", attempts, tuple(tried))
                 if answer.status not in NOT_SENT:
                     return last
