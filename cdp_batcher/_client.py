@@ -169,29 +169,8 @@ class CDPClient:
         send_to_customer_io: bool = False,
         customer_io: Optional[CustomerIoConfig] = None,
     ) -> None:
-        cfg = ClientConfig.from_kwargs(
-            cdp_api_key=cdp_api_key,
-            cdp_endpoint=cdp_endpoint,
-            cdp_fallback_endpoints=cdp_fallback_endpoints,
-            timeout_ms=timeout_ms,
-            max_batch_size=max_batch_size,
-            flush_interval=flush_interval,
-            max_queue_size=max_queue_size,
-            max_queue_bytes=max_queue_bytes,
-            max_concurrent_requests=max_concurrent_requests,
-            max_retries=max_retries,
-            retry_max_time=retry_max_time,
-            shutdown_timeout=shutdown_timeout,
-            on_error=on_error,
-            send=send,
-            sync_mode=sync_mode,
-            fail_on_exception=fail_on_exception,
-            debug=debug,
-            session=session,
-            logger=logger,
-            send_to_customer_io=send_to_customer_io,
-            customer_io=customer_io,
-        )
+        settings = {name: value for name, value in locals().items() if name != "self"}
+        cfg = ClientConfig.from_kwargs(**settings)  # the same names, validated in one place
         self._cfg = cfg
         self._log = cfg.get_logger()
         if cfg.debug and logger is None and isinstance(self._log, logging.Logger):
