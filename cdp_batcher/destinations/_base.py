@@ -79,6 +79,10 @@ class Destination(abc.ABC):
     @abc.abstractmethod
     def encode_device(self, identifier: str, device: DeviceInfo, timestamp: float) -> bytes: ...
 
+    def concurrency_hint(self) -> int:
+        """Units worth sending at once now (1 to ``concurrency``); the route re-reads it at each hand-out."""
+        return self.concurrency
+
     def device_rejection(self, device: DeviceInfo) -> Optional[str]:
         """A drop reason when this destination cannot take this device (e.g. ``unsupported_platform``)."""
         return None

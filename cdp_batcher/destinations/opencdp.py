@@ -1,8 +1,19 @@
-"""OpenCDP gateway: one POST per event, failover across gateway hosts, shared retry policy."""
+"""OpenCDP gateway: one POST per event, failover across gateway hosts, shared retry policy.
+
+Senders in use adapt to the link: each request's wall time and the sending thread's CPU time
+(``time.thread_time``) feed moving averages, and :meth:`OpenCdpDestination.concurrency_hint`
+asks for about half their ratio, 1 to ``concurrency`` senders (all of them until a request has
+been timed). A fast link (answers in well under a millisecond) ends up with 1 or 2 senders: more
+would only take turns on the GIL, against each other and the application's threads. A 50 ms
+round trip keeps every sender busy. Halved because under the GIL a request's wall time also
+counts its wait behind the other senders' CPU: the plain ratio would hold up whatever
+concurrency it started from.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,9 +41,10 @@ __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "serve
 PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevice")
 PING_PATH = "/v1/health/ping"
 
-HINT_WEIGHT = 0.25
-HINT_MARGIN = 1.0
-HINT_MIN_CPU = 0.00005
+#: Weight of the newest request in the averages behind ``concurrency_hint`` (a few requests adapt it).
+TIMING_WEIGHT = 0.25
+#: The CPU time of a request is taken as at least this (a clock too coarse to see it reads 0).
+MIN_REQUEST_CPU = 20e-6
 
 #: After this long on a fallback host, the primary is tried first again.
 PRIMARY_RETRY_AFTER = 30.0
@@ -169,9 +181,8 @@ class OpenCdpDestination(Destination):
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self._http = HttpTransport(session, pool_size=concurrency)
         self._lock = threading.Lock()
-        self._latency = 0.0  # averages of a request's wall time and CPU time (0: none yet)
+        self._wall: Optional[float] = None  # moving averages of a request's wall and CPU time
         self._cpu = 0.0
-        self.samples: list[tuple[float, float, float, int]] = []
 
     def __repr__(self) -> str:
         return f"OpenCdpDestination(hosts={self.ring.hosts!r})"
@@ -231,28 +242,29 @@ class OpenCdpDestination(Destination):
             retrying = later
 
     def concurrency_hint(self) -> int:
-        latency, cpu = self._latency, self._cpu
-        if latency == 0.0:
+        """Senders worth running: ceil(wall / (2 * CPU)) of the average request, 1 to concurrency."""
+        wall = self._wall
+        if wall is None:
             return self.concurrency
-        return min(self.concurrency, max(1, -int(-latency // max(cpu * HINT_MARGIN, HINT_MIN_CPU))))
+        wanted = math.ceil(wall / (2.0 * max(self._cpu, MIN_REQUEST_CPU)))
+        return max(1, min(self.concurrency, wanted))
 
-    def _measured(self, wall: float, cpu: float) -> None:
-        if self._latency == 0.0:
-            self._latency, self._cpu = wall, cpu
+    def _timed(self, wall: float, cpu: float) -> None:
+        """Fold one request into the averages (updates racing between senders may be lost: harmless)."""
+        if self._wall is None:
+            self._wall, self._cpu = wall, cpu
         else:
-            w = HINT_WEIGHT
-            self._latency += w * (wall - self._latency)
-            self._cpu += w * (cpu - self._cpu)
-        self.samples.append((time.monotonic(), wall, cpu, self.concurrency_hint()))
+            self._wall += TIMING_WEIGHT * (wall - self._wall)
+            self._cpu += TIMING_WEIGHT * (cpu - self._cpu)
 
     def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
         """One attempt across the hosts: resolves the event, or returns when to try it again."""
         policy = self._policy
         if state is None:
             state = _Retrying(item, policy.delays(), time.monotonic())
-        started, cpu = time.monotonic(), time.thread_time()
+        started, cpu = time.perf_counter(), time.thread_time()
         answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
-        self._measured(time.monotonic() - started, time.thread_time() - cpu)
+        self._timed(time.perf_counter() - started, time.thread_time() - cpu)
         if answer is not None and answer.ok:
             ctl.delivered((item,))
             return None
