@@ -4,7 +4,11 @@ A route's dispatcher thread wakes when a full batch waits, when the oldest event
 ``flush_interval``, on ``flush()`` and on ``shutdown()``. It drains a batch, cuts it into
 units the destination can send in one request, and hands the units to a small pool of sender
 threads (``destination.concurrency`` of them; a concurrency of 1 sends from the dispatcher
-itself). Routes share nothing, so a slow or failing destination never delays another.
+itself). At most ``destination.concurrency_hint()`` units are in flight, read again at each
+hand-out, and a one-request-per-event batch is cut into that many runs (OpenCDP lowers the hint
+on a fast link: see ``destinations/opencdp.py``); a hint that drops while units are in flight
+only makes the dispatcher wait for more of them to finish. Routes share nothing, so a slow or
+failing destination never delays another.
 
 Every item drained is resolved exactly once (delivered, failed or dropped) through a
 :class:`_Control`; the counters live under the queue's lock so that a snapshot always satisfies
@@ -38,6 +42,10 @@ DELIVERED, FAILED, DROPPED = 0, 1, 2
 #: counted by the deadline (a report then has nothing pending that was cut short).
 RESOLVE_MARGIN = 0.05
 
+#: A dispatcher waiting for a sender reads the destination's concurrency_hint() again this often
+#: (a hint that rises, e.g. when requests turn slow, is seen before a sender frees up).
+LIMIT_RECHECK = 0.1
+
 
 class LogLimiter:
     """Rate-limited logging: one line per key per ``interval``, then a count of what was held back."""
@@ -62,26 +70,41 @@ class LogLimiter:
 
 
 class _SenderPool:
-    """At most ``size`` units in flight; daemon sender threads started on demand."""
+    """At most ``size`` units in flight (fewer when :meth:`acquire` is given a lower ``limit``);
+    daemon sender threads started on demand."""
 
     def __init__(self, size: int, run: Callable[[tuple[int, list[Item]]], None], name: str) -> None:
         self._size = size
         self._run = run
         self._name = name
-        self._slots = threading.Semaphore(size)
+        self._taken = 0  # slots taken by acquire, not yet given back
+        self._freed = threading.Condition(threading.Lock())
         self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._lock = threading.Lock()
 
-    def acquire(self, timeout: Optional[float]) -> bool:
-        """Wait for a free sender (at most ``timeout`` seconds; None: no limit)."""
-        return self._size == 1 or self._slots.acquire(timeout=timeout)
+    def acquire(self, timeout: Optional[float], limit: Callable[[], int]) -> bool:
+        """Take a slot once fewer than ``limit()`` (1 to ``size``; read again at least every
+        ``LIMIT_RECHECK`` seconds) units are in flight; wait at most ``timeout`` seconds (None: no limit)."""
+        if self._size == 1:
+            return True
+        end = None if timeout is None else _monotonic() + timeout
+        with self._freed:
+            while self._taken >= min(max(limit(), 1), self._size):
+                left = LIMIT_RECHECK if end is None else min(LIMIT_RECHECK, end - _monotonic())
+                if left <= 0:
+                    return False
+                self._freed.wait(left)
+            self._taken += 1
+            return True
 
     def release(self) -> None:
-        """Give back a slot taken by :meth:`acquire` and not used."""
+        """Give back a slot taken by :meth:`acquire` (unused, or its unit sent)."""
         if self._size != 1:
-            self._slots.release()
+            with self._freed:
+                self._taken -= 1
+                self._freed.notify()
 
     def submit(self, unit: tuple[int, list[Item]]) -> None:
         """Send ``unit`` on a slot taken by :meth:`acquire`."""
@@ -107,7 +130,7 @@ class _SenderPool:
         finally:
             with self._lock:
                 self._busy -= 1
-            self._slots.release()
+            self.release()
 
     def _loop(self) -> None:
         while True:
@@ -374,7 +397,8 @@ class Route:
         """Give the backlog's units to senders as they free up. Waiting for a sender ends at the
         shutdown deadline: what is left then is dropped (by the dispatcher or finish_shutdown)."""
         pool = self._pool
-        while pool.acquire(self._time_left()):
+        hint = self.dest.concurrency_hint
+        while pool.acquire(self._time_left(), hint):
             with self._lock:
                 unit = self._backlog.popleft() if self._backlog else None
             if unit is None:
@@ -392,9 +416,10 @@ class Route:
         per = dest.max_unit_events
         if per == 1:
             # One request per event. Each sender takes a run of consecutive events, sent one after
-            # the other, instead of one event per hand-off: the batch still spreads over every
-            # sender, with a tenth of the thread wake-ups (make bench: per-event CPU).
-            run = max(1, -(-len(items) // max(1, dest.concurrency)))
+            # the other, instead of one event per hand-off: the batch still spreads over the
+            # senders in use, with a tenth of the thread wake-ups (make bench: per-event CPU).
+            senders = min(max(1, dest.concurrency_hint()), max(1, dest.concurrency))
+            run = max(1, -(-len(items) // senders))
             return [(base, items[i : i + run]) for i in range(0, len(items), run)]
         limit = dest.max_unit_bytes
         units: list[tuple[int, list[Item]]] = []

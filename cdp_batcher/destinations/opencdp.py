@@ -1,13 +1,13 @@
 """OpenCDP gateway: one POST per event, failover across gateway hosts, shared retry policy.
 
-Senders in use adapt to the link: each request's wall time and the sending thread's CPU time
-(``time.thread_time``) feed moving averages, and :meth:`OpenCdpDestination.concurrency_hint`
-asks for about half their ratio, 1 to ``concurrency`` senders (all of them until a request has
-been timed). A fast link (answers in well under a millisecond) ends up with 1 or 2 senders: more
-would only take turns on the GIL, against each other and the application's threads. A 50 ms
-round trip keeps every sender busy. Halved because under the GIL a request's wall time also
-counts its wait behind the other senders' CPU: the plain ratio would hold up whatever
-concurrency it started from.
+Senders in use follow the link (:meth:`OpenCdpDestination.concurrency_hint`): the fastest
+wall time of the last 8 requests over 1.5 times their average CPU time (``time.thread_time``),
+1 to ``concurrency`` (all of them until a request has been timed). A fast link (answers within
+a few hundred µs) gets 1 or 2 senders, as more would only take turns on the GIL, against each
+other and the application's threads; a 50 ms round trip keeps every sender busy. The fastest
+wall time and the 1.5 because a request's wall time also counts its waits for the GIL: an
+average over the plain CPU time would hold up whatever concurrency the route started with,
+while 1.5 still adds a second sender when the server takes as long as the request's own CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import dataclasses
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -41,9 +42,12 @@ __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "serve
 PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevice")
 PING_PATH = "/v1/health/ping"
 
-#: Weight of the newest request in the averages behind ``concurrency_hint`` (a few requests adapt it).
-TIMING_WEIGHT = 0.25
-#: The CPU time of a request is taken as at least this (a clock too coarse to see it reads 0).
+#: ``concurrency_hint``: requests whose fastest wall time counts; weight of the newest request
+#: in the average CPU time; the divisor of their ratio (see above); the least CPU time a request
+#: is taken to cost (a coarse clock reads 0).
+TIMED_REQUESTS = 8
+CPU_WEIGHT = 0.25
+HINT_DIVISOR = 1.5
 MIN_REQUEST_CPU = 20e-6
 
 #: After this long on a fallback host, the primary is tried first again.
@@ -181,8 +185,8 @@ class OpenCdpDestination(Destination):
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self._http = HttpTransport(session, pool_size=concurrency)
         self._lock = threading.Lock()
-        self._wall: Optional[float] = None  # moving averages of a request's wall and CPU time
-        self._cpu = 0.0
+        self._walls: deque[float] = deque(maxlen=TIMED_REQUESTS)  # wall times of the last requests
+        self._cpu = 0.0  # moving average of a request's CPU time
 
     def __repr__(self) -> str:
         return f"OpenCdpDestination(hosts={self.ring.hosts!r})"
@@ -242,20 +246,18 @@ class OpenCdpDestination(Destination):
             retrying = later
 
     def concurrency_hint(self) -> int:
-        """Senders worth running: ceil(wall / (2 * CPU)) of the average request, 1 to concurrency."""
-        wall = self._wall
-        if wall is None:
-            return self.concurrency
-        wanted = math.ceil(wall / (2.0 * max(self._cpu, MIN_REQUEST_CPU)))
+        """Senders worth running: ceil(fastest recent wall time / (1.5 * CPU time)), 1 to concurrency."""
+        with self._lock:
+            if not self._walls:
+                return self.concurrency
+            wanted = math.ceil(min(self._walls) / (HINT_DIVISOR * max(self._cpu, MIN_REQUEST_CPU)))
         return max(1, min(self.concurrency, wanted))
 
     def _timed(self, wall: float, cpu: float) -> None:
-        """Fold one request into the averages (updates racing between senders may be lost: harmless)."""
-        if self._wall is None:
-            self._wall, self._cpu = wall, cpu
-        else:
-            self._wall += TIMING_WEIGHT * (wall - self._wall)
-            self._cpu += TIMING_WEIGHT * (cpu - self._cpu)
+        """Record one request's wall and CPU time (success or failure)."""
+        with self._lock:
+            self._cpu = cpu if not self._walls else self._cpu + CPU_WEIGHT * (cpu - self._cpu)
+            self._walls.append(wall)
 
     def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
         """One attempt across the hosts: resolves the event, or returns when to try it again."""

@@ -1,0 +1,148 @@
+"""OpenCDP senders in use follow the measured request latency (``concurrency_hint``).
+
+A slow link keeps every sender busy; a fast one (a sink in another process answering at once)
+ends up with about two requests in flight, however many ``max_concurrent_requests`` allows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdp_batcher import CDPClient
+from cdp_batcher._retry import RetryPolicy
+from cdp_batcher.destinations.opencdp import TIMED_REQUESTS, OpenCdpDestination
+from cdp_batcher.testing import Collector
+
+from conftest import API_KEY, MakeClient
+
+pytestmark = pytest.mark.timeout(60)
+
+LATENCY = 0.05
+
+
+def _track(client: CDPClient, n: int) -> None:
+    for i in range(n):
+        client.track(f"user-{i % 50}", "adaptive", {"seq": i})
+
+
+class _InFlight:
+    """Wraps the destination's transport: requests in flight when each one starts."""
+
+    def __init__(self, client: CDPClient) -> None:
+        transport = client._opencdp.http
+        self._real = transport.request
+        self._lock = threading.Lock()
+        self._now = 0
+        self.at_start: list[int] = []
+        transport.request = self._request  # type: ignore[method-assign]
+
+    def _request(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._now += 1
+            self.at_start.append(self._now)
+        try:
+            return self._real(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_slow_link_keeps_every_sender_busy(collector: Collector, make_client: MakeClient) -> None:
+    collector.set_latency(LATENCY)
+    client = make_client(max_concurrent_requests=10)
+    started = time.monotonic()
+    _track(client, 20)
+    report = client.flush(timeout=20)
+    elapsed = time.monotonic() - started
+    assert report, report
+    assert collector.count() == 20
+    # One sender would take 20 x 50 ms = 1 s; ten take about 2 x 50 ms.
+    assert elapsed < 0.5, elapsed
+    arrivals = sorted(r.time for r in collector.requests)
+    together = sum(1 for t in arrivals if t < arrivals[0] + LATENCY * 0.8)
+    assert together >= 5, arrivals
+    assert client._opencdp.concurrency_hint() == 10
+
+
+def test_link_turning_slow_gets_every_sender_back(collector: Collector, make_client: MakeClient) -> None:
+    client = make_client(max_concurrent_requests=10)
+    _track(client, 300)
+    assert client.flush(timeout=20)
+    assert client._opencdp.concurrency_hint() < 10
+    collector.set_latency(LATENCY)
+    _track(client, 20)  # cut for the few senders of the fast link; timed slow
+    assert client.flush(timeout=20)
+    assert client._opencdp.concurrency_hint() == 10
+    started = time.monotonic()
+    _track(client, 20)
+    assert client.flush(timeout=20)
+    elapsed = time.monotonic() - started
+    assert collector.count() == 340
+    assert elapsed < 0.5, elapsed  # one sender: 1 s
+
+
+@pytest.fixture
+def fast_sink() -> Iterator[str]:
+    """tests/fastsink.py in its own process (the in-process collector's CPU would share the GIL
+    with the senders and count as link latency)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fastsink.py"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_fast_link_uses_few_senders(fast_sink: str) -> None:
+    client = CDPClient(
+        cdp_api_key=API_KEY, cdp_endpoint=fast_sink, cdp_fallback_endpoints=[], max_concurrent_requests=10
+    )
+    try:
+        counted = _InFlight(client)
+        _track(client, 500)
+        report = client.flush(timeout=30)
+        assert report, report
+        assert len(counted.at_start) == 500
+        hint = client._opencdp.concurrency_hint()
+    finally:
+        client.shutdown(timeout=5)
+    # The first requests go out on every sender (nothing timed yet), later ones on 2: about 2 in
+    # flight on average (about 9 before senders adapted; at most 3.2 with a busy second CPU).
+    later = counted.at_start[250:]
+    assert sum(later) / len(later) <= 4, later
+    assert max(later) < 10, later
+    assert hint <= 3
+
+
+def test_hint_follows_the_timings() -> None:
+    dest = OpenCdpDestination(
+        api_key="k", endpoints=["http://127.0.0.1:9"], timeout=1.0, concurrency=10, policy=RetryPolicy()
+    )
+    try:
+        assert dest.concurrency_hint() == 10  # nothing timed: the network is unknown
+        for wall in (2e-3, 120e-6) * 5:  # answered at once, some requests slowed by the GIL
+            dest._timed(wall, 100e-6)
+        assert dest.concurrency_hint() == 1
+        for _ in range(TIMED_REQUESTS - 1):
+            dest._timed(0.05, 100e-6)
+        assert dest.concurrency_hint() == 1  # one fast request among the last few: still fast
+        dest._timed(0.05, 100e-6)  # a 50 ms round trip: every sender
+        assert dest.concurrency_hint() == 10
+        for _ in range(TIMED_REQUESTS):
+            dest._timed(0.7e-3, 100e-6)  # 0.7 ms: five senders overlap the waits
+        assert dest.concurrency_hint() == 5
+    finally:
+        dest.close()
