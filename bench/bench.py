@@ -692,7 +692,7 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
             f"gc.collect(); each figure the best of {CALLER_REPEATS} runs; throughput the best of {REPEATS}."
         )
     notes.append(
-        "per-event: OpenCDP route (10 requests in flight) vs raw = one keep-alive http.client connection "
+        "per-event: OpenCDP route (up to 10 requests in flight, adaptive) vs raw = one keep-alive http.client connection "
         "posting pre-encoded bodies; batch: Customer.io route (OpenCDP replaced by a no-op) vs "
         "segment/posthog batches vs raw 100-entry bodies; CPU = process CPU time / events delivered."
     )
