@@ -37,6 +37,8 @@ __all__ = ["LogLimiter", "Route"]
 _monotonic = time.monotonic
 
 DELIVERED, FAILED, DROPPED = 0, 1, 2
+#: Calls dropped at call time (too large, unsupported) waiting for their on_error report.
+_MAX_PENDING_REPORTS = 1000
 
 #: Requests and retry waits end this long before a shutdown deadline, so that their outcome is
 #: counted by the deadline (a report then has nothing pending that was cut short).
@@ -272,7 +274,7 @@ class Route:
         self._deadline: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
-        self._rejects: deque[tuple[list[Item], str, BaseException]] = deque(maxlen=1000)
+        self._rejects: deque[tuple[list[Item], str, BaseException]] = deque()
         self._full_seen = 0
         self._pool = _SenderPool(self.dest.concurrency, self._run_unit, f"cdp_batcher-{self.name}")
 
@@ -289,11 +291,17 @@ class Route:
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
+        report = error is not None and self._on_error is not None
         with self._lock:
             self.queue.offered += 1
             self._dropped[reason] += 1
-        if error is not None and self._on_error is not None:
-            self._rejects.append(([item], reason, error))
+            # flush() waits for these reports; past the bound the drop is only counted.
+            if report and len(self._rejects) < _MAX_PENDING_REPORTS:
+                assert error is not None
+                self._rejects.append(([item], reason, error))
+            else:
+                report = False
+        if report:
             self._wake.set()
             self._on_first()
 
@@ -463,8 +471,11 @@ class Route:
                 f"{self.name}: queue full, {delta} event(s) dropped (reason queue_full)",
             )
         while self._rejects:
-            items, reason, error = self._rejects.popleft()
+            items, reason, error = self._rejects[0]
             self._call_on_error(items, reason, error)
+            with self._progress:  # reported: a flush() waiting for it may return
+                self._rejects.popleft()
+                self._progress.notify_all()
 
     # ---------------------------------------------------------------------- failure reporting
     def _report(self, items: Sequence[Item], reason: str, error: BaseException, *, failed: bool) -> None:
@@ -513,7 +524,7 @@ class Route:
         return target, before
 
     def _done(self, target: int) -> bool:
-        if self.queue.drained < target:
+        if self.queue.drained < target or self._rejects:
             return False
         return not self._outstanding or min(self._outstanding) >= target
 

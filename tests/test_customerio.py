@@ -677,3 +677,23 @@ def test_backlog_is_bounded_newest_dropped_opencdp_unaffected(
     )
     assert_invariant(client)
     assert assert_cio_bodies_valid(cio) >= 1
+
+
+def test_flush_returns_after_the_on_error_reports_of_call_time_drops(
+    hub: Collector, make_client: MakeClient
+) -> None:
+    """Drops decided at call time (web device, 32 KB entry) are reported before flush() returns."""
+    errors = Errors()
+
+    def slow_on_error(error: BaseException, events: Sequence[FailedEvent]) -> None:
+        time.sleep(0.02)  # a callback doing real work (e.g. writing to a dead-letter store)
+        errors(error, events)
+
+    client = make_client(on_error=slow_on_error, flush_interval=5.0)
+    for i in range(20):
+        client.register_device("u", device_id=f"browser-{i}", platform="web", fcm_token="web-push")
+    client.track("u", "huge", {"blob": "x" * 40_000})
+    assert client.flush(timeout=10.0).destinations["opencdp"]
+    reasons = sorted(r.reason for r in errors.records("customerio"))  # no waiting: already reported
+    assert reasons == ["too_large"] + ["unsupported_platform"] * 20
+    assert_invariant(client)
