@@ -124,7 +124,13 @@ OnError = Callable[[BaseException, Sequence[Any]], object]
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
-    """Every setting of a :class:`CDPClient`, validated. Build it with :meth:`from_kwargs`."""
+    """Every setting of a :class:`CDPClient`, validated. Build it with :meth:`from_kwargs`.
+
+    >>> ClientConfig.from_kwargs(cdp_api_key="k", flush_interval=1.0).flush_interval
+    1.0
+    >>> client.config.endpoints[0]  # doctest: +SKIP
+    'https://api.opencdp.io/gateway/data-gateway'
+    """
 
     cdp_api_key: str
     endpoints: tuple[str, ...]

@@ -25,7 +25,14 @@ __all__ = [
 
 
 class CDPError(Exception):
-    """Base class of every exception raised by cdp_batcher."""
+    """Base class of every exception raised by cdp_batcher.
+
+    >>> try:
+    ...     client.track("", "signed_up")
+    ... except CDPError as exc:
+    ...     print(exc)
+    Identifier cannot be empty
+    """
 
 
 class ConfigError(CDPError, ValueError):
@@ -41,11 +48,18 @@ class ValidationError(CDPError, ValueError):
 
     The message is one of the OpenCDP SDK contract's texts where one exists, e.g.
     ``Identifier cannot be empty`` or ``Event name cannot be empty``.
+
+    >>> client.track("user123", "   ")  # doctest: +SKIP
+    ValidationError: Event name cannot be empty
     """
 
 
 class SerializationError(ValidationError, TypeError):
-    """A property value cannot be encoded as JSON; the message names the key path."""
+    """A property value cannot be encoded as JSON; the message names the key path.
+
+    >>> client.track("user123", "e", {"cart": {"item": object()}})  # doctest: +SKIP
+    SerializationError: properties['cart']['item'] cannot be serialized to JSON: ...
+    """
 
 
 class DeliveryError(CDPError):
@@ -54,6 +68,11 @@ class DeliveryError(CDPError):
     Attributes: ``status_code`` (None when no HTTP answer came), ``host`` (scheme and host of
     the last gateway tried, never a key), ``server_message`` (the server's error text, if any)
     and ``hosts_tried``.
+
+    >>> try:
+    ...     client.ping()
+    ... except DeliveryError as exc:  # doctest: +SKIP
+    ...     print(exc.status_code, exc.hosts_tried)
     """
 
     def __init__(

@@ -24,6 +24,10 @@ class DestinationStats:
     """One destination's counters at one moment.
 
     Invariant: ``enqueued == delivered + sum(failed) + sum(dropped) + queued + in_flight``.
+
+    >>> s = client.stats().destinations["opencdp"]  # doctest: +SKIP
+    >>> s.enqueued == s.delivered + s.failed_total + s.dropped_total + s.queued + s.in_flight  # doctest: +SKIP
+    True
     """
 
     enqueued: int
@@ -74,7 +78,11 @@ class Stats:
 
 @dataclasses.dataclass(frozen=True)
 class DestinationReport:
-    """What one destination resolved while a flush or shutdown ran, and what it left pending."""
+    """What one destination resolved while a flush or shutdown ran, and what it left pending.
+
+    >>> client.flush(timeout=10).destinations["opencdp"].pending  # doctest: +SKIP
+    0
+    """
 
     delivered: int
     failed: Mapping[str, int]
@@ -126,6 +134,11 @@ class FailedEvent:
     """One event that a destination could not deliver, as handed to ``on_error``.
 
     ``properties`` is decoded from the queued bytes (what would have been sent).
+
+    >>> def on_error(error, events):
+    ...     for e in events:
+    ...         print(e.destination, e.call, e.identifier, e.reason)
+    >>> client = CDPClient(cdp_api_key="...", on_error=on_error)  # doctest: +SKIP
     """
 
     destination: str

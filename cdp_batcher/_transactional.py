@@ -77,6 +77,10 @@ class SendEmailRequest(msgspec.Struct, kw_only=True, omit_defaults=True, rename=
     Raw content needs ``body`` (HTML), ``subject`` and ``from_``. ``cc``/``bcc`` take one
     string of comma-separated addresses or a list of addresses. ``attachments`` maps a file name
     to its base64 content (at most 5 files, 2 MB decoded in total).
+
+    >>> request = SendEmailRequest(identifiers={"id": "user123"}, to="ann@example.com",
+    ...                            transactional_message_id="WELCOME")
+    >>> client.send_email(request)  # doctest: +SKIP
     """
 
     identifiers: Optional[dict[str, Any]] = None
@@ -105,7 +109,11 @@ class SendEmailRequest(msgspec.Struct, kw_only=True, omit_defaults=True, rename=
 
 
 class SendPushRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A transactional push to the person's registered devices; always template based."""
+    """A transactional push to the person's registered devices; always template based.
+
+    >>> client.send_push(SendPushRequest(identifiers={"id": "user123"},
+    ...                                  transactional_message_id="ORDER_SHIPPED"))  # doctest: +SKIP
+    """
 
     identifiers: Optional[dict[str, Any]] = None
     transactional_message_id: Optional[Union[str, int]] = None
@@ -118,6 +126,9 @@ class SendSmsRequest(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"
     """A transactional SMS: a template or a raw ``body``; phone numbers in E.164 form.
 
     ``transactional_message_id`` is sent as a string (the backend expects one).
+
+    >>> client.send_sms(SendSmsRequest(identifiers={"id": "user123"}, to="+2348012345678",
+    ...                                body="Your code is 1234"))  # doctest: +SKIP
     """
 
     identifiers: Optional[dict[str, Any]] = None

@@ -95,6 +95,10 @@ class RecordedRequest:
     ``status`` is the status code answered, or ``None`` when the connection was dropped on
     purpose (:meth:`Collector.drop_next`). ``time`` is :func:`time.monotonic` at arrival (after
     the body was read). ``json`` is the parsed body, or ``None`` when it is empty or not JSON.
+
+    >>> request = collector.requests[-1]  # doctest: +SKIP
+    >>> request.path, request.json  # doctest: +SKIP
+    ('/v1/persons/track', {'identifier': 'u1', 'eventName': 'e', 'properties': {}})
     """
 
     method: str
@@ -521,6 +525,12 @@ class Collector:
         port: port to bind; 0 picks a free one (see :attr:`port` after :meth:`start`).
         host: a loopback address (the collector refuses anything else).
         printer: called with one readable line per arrival (never with credentials).
+
+    >>> with Collector(api_key="test-key") as collector:  # doctest: +SKIP
+    ...     client = CDPClient(cdp_api_key="test-key", cdp_endpoint=collector.url)
+    ...     client.track("u1", "signed_up")
+    ...     client.shutdown()
+    ...     assert collector.count() == 1
     """
 
     def __init__(
@@ -954,7 +964,11 @@ def _opencdp_problem(call: str, body: bytes, parsed: Any) -> Optional[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run a collector in the foreground, printing each arrival, until SIGINT or SIGTERM."""
+    """Run a collector in the foreground, printing each arrival, until SIGINT or SIGTERM.
+
+    >>> main(["--port", "8765"])  # doctest: +SKIP
+    collector listening on http://127.0.0.1:8765
+    """
     parser = argparse.ArgumentParser(
         prog="python -m cdp_batcher.testing",
         description="Local OpenCDP + Customer.io collector for tests and demos (loopback only).",

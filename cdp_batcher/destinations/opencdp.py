@@ -55,7 +55,12 @@ PRIMARY_RETRY_AFTER = 30.0
 
 
 class PingResult:
-    """Which gateway host answered a ping, with what status, and how fast."""
+    """Which gateway host answered a ping, with what status, and how fast.
+
+    >>> result = client.ping()  # doctest: +SKIP
+    >>> result.host, result.status  # doctest: +SKIP
+    ('https://api.opencdp.io/gateway/data-gateway', 200)
+    """
 
     __slots__ = ("elapsed", "host", "status")
 
