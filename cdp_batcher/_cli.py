@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Callable, Optional, TextIO, Union
 
 from ._client import CDPClient
 from ._errors import ConfigError, DeliveryError, ValidationError
-from ._event import decode
+from ._event import DECODE_ERRORS, decode
 from ._progress import Progress, format_duration
 from ._stats import DestinationStats
 from ._version import __version__
@@ -277,7 +277,7 @@ def iter_rows(stream: BinaryIO, fmt: str) -> Iterator[tuple[int, Union[Any, RowE
                 continue
             try:
                 yield line, decode(element)
-            except ValueError as exc:
+            except DECODE_ERRORS as exc:
                 yield line, RowError(f"invalid JSON: {exc}")
         return
     for number, data in enumerate(stream, 1):
@@ -285,7 +285,7 @@ def iter_rows(stream: BinaryIO, fmt: str) -> Iterator[tuple[int, Union[Any, RowE
             continue
         try:
             yield number, decode(data)
-        except ValueError as exc:
+        except DECODE_ERRORS as exc:
             yield number, RowError(f"invalid JSON: {exc}")
 
 

@@ -17,6 +17,7 @@ import msgspec
 from ._errors import SerializationError, ValidationError
 
 __all__ = [
+    "DECODE_ERRORS",
     "IDENTIFY",
     "KIND_NAMES",
     "REGISTER_DEVICE",
@@ -45,6 +46,9 @@ _encoder = msgspec.json.Encoder(decimal_format="number")
 encode = _encoder.encode
 _decoder = msgspec.json.Decoder()
 decode = _decoder.decode
+#: What ``decode`` raises on bad input: a ValueError on msgspec >= 0.21, not before (Python 3.9
+#: gets msgspec 0.20). Catch this tuple, not ValueError alone.
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, msgspec.DecodeError)
 
 EMPTY_PROPERTIES = msgspec.Raw(b"{}")
 
