@@ -374,6 +374,23 @@ def test_reader_chunked_with_trailer() -> None:
     assert _read(raw[:30], raw[30:41], raw[41:]) == (207, None, b"ab\r\ncde", True)
 
 
+def test_reader_chunked_one_byte_at_a_time() -> None:
+    """Chunk-size lines, data and trailers split at every byte still decode to the same body."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab\r\n\r\n3;x=1\r\ncde\r\n0\r\nT: 1\r\n\r\n"
+    pieces = [raw[i : i + 1] for i in range(len(raw))]
+    assert _read(*pieces) == (200, None, b"ab\r\ncde", True)
+
+
+def test_reader_rejects_an_endless_chunk_line_or_trailer() -> None:
+    """A chunk-size line or a trailer with no end is refused once past the head limit."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    endless = b"a" * 4096
+    with pytest.raises(_BadAnswer, match="too long"):
+        _read(head + b"1", *([endless] * 20))
+    with pytest.raises(_BadAnswer, match="too long"):
+        _read(head + b"0\r\nTrailer: ", *([endless] * 20))
+
+
 def test_reader_close_delimited_and_connection_close() -> None:
     """Without a length the body runs to EOF and the connection is not reused; so with close."""
     assert _read(b"HTTP/1.1 500 X\r\n\r\nbody", b" end") == (500, None, b"body end", False)

@@ -488,22 +488,28 @@ def _read_more(recv: Any, have: bytes, length: int) -> bytes:
     return b"".join(parts)
 
 
+def _line_end(recv: Any, buf: bytes, pos: int) -> tuple[bytes, int, int]:
+    """Receive until a CRLF follows ``pos``; returns (buffer, line start, CRLF index)."""
+    eol = buf.find(b"\r\n", pos)
+    while eol < 0:
+        if len(buf) - pos > _MAX_HEAD:
+            raise _BadAnswer("chunk line too long")
+        more = recv(_RECV)
+        if not more:
+            raise _BadAnswer("closed mid-answer")
+        buf = buf[pos:] + more
+        pos = 0
+        eol = buf.find(b"\r\n")
+    return buf, pos, eol
+
+
 def _read_chunked(recv: Any, buf: bytes) -> tuple[bytes, bytes]:
     """Decode a chunked body; returns (body, bytes left over after it)."""
     parts: list[bytes] = []
     size = 0
     pos = 0
     while True:
-        eol = buf.find(b"\r\n", pos)
-        while eol < 0:
-            more = recv(_RECV)
-            if not more:
-                raise _BadAnswer("closed mid-answer")
-            buf = buf[pos:] + more
-            pos = 0
-            eol = buf.find(b"\r\n")
-            if eol < 0 and len(buf) > _MAX_HEAD:
-                raise _BadAnswer("bad chunk size line")
+        buf, pos, eol = _line_end(recv, buf, pos)
         try:
             chunk = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
         except ValueError:
@@ -511,14 +517,7 @@ def _read_chunked(recv: Any, buf: bytes) -> tuple[bytes, bytes]:
         pos = eol + 2
         if chunk == 0:  # trailers (usually none), then an empty line
             while True:
-                eol = buf.find(b"\r\n", pos)
-                while eol < 0:
-                    more = recv(_RECV)
-                    if not more:
-                        raise _BadAnswer("closed mid-answer")
-                    buf = buf[pos:] + more
-                    pos = 0
-                    eol = buf.find(b"\r\n")
+                buf, pos, eol = _line_end(recv, buf, pos)
                 if eol == pos:
                     return b"".join(parts), buf[eol + 2 :]
                 pos = eol + 2
