@@ -23,6 +23,9 @@ from cdp_batcher import (
 )
 from cdp_batcher.testing import Collector, RecordingLogger
 
+from transactional_fields import push, sms
+from transactional_fields import template_email as email
+
 pytestmark = pytest.mark.timeout(60)
 
 KEY = "sk_test_transactional_0123456789"
@@ -34,28 +37,6 @@ MakeClient = Callable[..., CDPClient]
 def make_client(make_failover_client: MakeClient) -> MakeClient:
     """Clients on the primary/fallback pair of collectors (conftest)."""
     return functools.partial(make_failover_client, retry_max_time=10.0)
-
-
-def email(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "identifiers": {"id": "user_1"},
-        "to": "ann@example.com",
-        "transactional_message_id": "WELCOME",
-    }
-    fields.update(overrides)
-    return fields
-
-
-def push(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"identifiers": {"id": "user_1"}, "transactional_message_id": "PUSH_1"}
-    fields.update(overrides)
-    return fields
-
-
-def sms(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"identifiers": {"id": "user_1"}, "to": "+2348012345678", "body": "Code: 1234"}
-    fields.update(overrides)
-    return fields
 
 
 SENDS = [

@@ -26,6 +26,8 @@ from cdp_batcher._transactional import (
     validate_sms,
 )
 
+from transactional_fields import push, raw_email, sms, template_email
+
 pytestmark = pytest.mark.timeout(30)
 
 IDENTIFIERS_REQUIRED = "identifiers is required"
@@ -34,40 +36,6 @@ EMAIL_EMPTY = "Email address cannot be empty"
 EMAIL_FORMAT = "Invalid email address format"
 PHONE_EMPTY = "Phone number cannot be empty"
 PHONE_FORMAT = "Phone number must be in international format (e.g., +1234567890)"
-
-
-def raw_email(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "identifiers": {"id": "user_1"},
-        "to": "ann@example.com",
-        "from_": "shop@example.com",
-        "subject": "Hi",
-        "body": "<p>Hi</p>",
-    }
-    fields.update(overrides)
-    return fields
-
-
-def template_email(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "identifiers": {"id": "user_1"},
-        "to": "ann@example.com",
-        "transactional_message_id": "WELCOME",
-    }
-    fields.update(overrides)
-    return fields
-
-
-def push(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"identifiers": {"id": "user_1"}, "transactional_message_id": "PUSH_1"}
-    fields.update(overrides)
-    return fields
-
-
-def sms(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"identifiers": {"id": "user_1"}, "to": "+2348012345678", "body": "Code: 1234"}
-    fields.update(overrides)
-    return fields
 
 
 def exact(message: str) -> str:
