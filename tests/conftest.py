@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -180,3 +181,32 @@ def sockets_connected_to(port: int) -> int:
         if isinstance(peer, tuple) and len(peer) >= 2 and peer[1] == port:
             count += 1
     return count
+
+
+#: The environment variables ``CDPClient.from_env`` and the CLI read (the issue's contract).
+ENV_VARS = (
+    "CDP_API_KEY",
+    "CDP_ENDPOINT",
+    "CDP_FALLBACK_ENDPOINTS",
+    "CUSTOMERIO_SITE_ID",
+    "CUSTOMERIO_API_KEY",
+    "CUSTOMERIO_REGION",
+    "CUSTOMERIO_URL",
+)
+
+
+@pytest.fixture
+def fast_sink() -> Iterator[str]:
+    """tests/fastsink.py in its own process: a counting keep-alive sink far faster than the
+    collector, whose CPU would otherwise share this process's GIL with the senders."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fastsink.py"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -6,12 +6,8 @@ ends up with about two requests in flight, however many ``max_concurrent_request
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,23 +83,6 @@ def test_link_turning_slow_gets_every_sender_back(collector: Collector, make_cli
     elapsed = time.monotonic() - started
     assert collector.count() == 340
     assert elapsed < 0.5, elapsed  # one sender: 1 s
-
-
-@pytest.fixture
-def fast_sink() -> Iterator[str]:
-    """tests/fastsink.py in its own process (the in-process collector's CPU would share the GIL
-    with the senders and count as link latency)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("fastsink.py"))], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), line
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def test_fast_link_uses_few_senders(fast_sink: str) -> None:

@@ -28,19 +28,10 @@ from cdp_batcher._cli import FileFormatError, RowError, iter_json_array, iter_ro
 from cdp_batcher._progress import Progress, format_duration
 from cdp_batcher.testing import Collector
 
-from conftest import API_KEY
+from conftest import API_KEY, ENV_VARS
 
 pytestmark = pytest.mark.timeout(30)
 
-ENV_VARS = (
-    "CDP_API_KEY",
-    "CDP_ENDPOINT",
-    "CDP_FALLBACK_ENDPOINTS",
-    "CUSTOMERIO_SITE_ID",
-    "CUSTOMERIO_API_KEY",
-    "CUSTOMERIO_REGION",
-    "CUSTOMERIO_URL",
-)
 SECRET = "sk-very-secret-4242"
 CIO_SECRET = "cio-very-secret-9191"
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -243,21 +240,6 @@ def test_stats_invariant_holds_at_every_moment(collector: Collector, make_client
     final = client.stats().destinations["opencdp"]
     assert_invariant(final)
     assert final.enqueued == 400 and final.delivered + final.dropped.get("queue_full", 0) == 400
-
-
-@pytest.fixture
-def fast_sink() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("fastsink.py"))], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), line
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.mark.timeout(240)

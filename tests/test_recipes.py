@@ -28,20 +28,11 @@ import pytest
 
 from cdp_batcher.testing import Collector
 
-from conftest import API_KEY, MakeClient
+from conftest import API_KEY, ENV_VARS, MakeClient
 
 pytestmark = pytest.mark.timeout(60)
 
 FRAMEWORKS = Path(__file__).resolve().parent.parent / "examples" / "frameworks"
-ENV_VARS = (
-    "CDP_API_KEY",
-    "CDP_ENDPOINT",
-    "CDP_FALLBACK_ENDPOINTS",
-    "CUSTOMERIO_SITE_ID",
-    "CUSTOMERIO_API_KEY",
-    "CUSTOMERIO_REGION",
-    "CUSTOMERIO_URL",
-)
 
 
 def recipe_env(collector: Collector) -> dict[str, str]:
