@@ -774,21 +774,7 @@ class CDPClient:
         ``low``, so that no call is ever dropped as ``queue_full``. False on timeout or when the
         client is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for route in self._routes:
-            queue = route.queue
-            if len(queue) < queue.max_events * high and queue.nbytes < queue.max_bytes * high:
-                continue
-            max_events, max_bytes = queue.max_events * low, queue.max_bytes * low
-            route.begin_flush()
-            with route._progress:
-                while len(queue) > max_events or queue.nbytes > max_bytes:
-                    if self._closed:
-                        return False
-                    left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-                    if left <= 0:
-                        return False
-                    route._progress.wait(left)
-        return True
+        return all(route.wait_for_room(high, low, deadline, lambda: self._closed) for route in self._routes)
 
     # ------------------------------------------------------------ serverless, short-lived jobs
     @contextlib.contextmanager

@@ -523,6 +523,27 @@ class Route:
             self._run(inline=True, until=deadline)
         return target, before
 
+    def wait_for_room(
+        self, high: float, low: float, deadline: Optional[float], closed: Callable[[], bool]
+    ) -> bool:
+        """Backpressure for bulk producers: when the queue holds ``high`` of its count or byte
+        bound, ask for a flush and block until it is down to ``low``. False on timeout or once
+        ``closed()`` says the client was shut down."""
+        queue = self.queue
+        if len(queue) < queue.max_events * high and queue.nbytes < queue.max_bytes * high:
+            return True
+        max_events, max_bytes = queue.max_events * low, queue.max_bytes * low
+        self.begin_flush()
+        with self._progress:
+            while len(queue) > max_events or queue.nbytes > max_bytes:
+                if closed():
+                    return False
+                left = 0.5 if deadline is None else min(0.5, deadline - _monotonic())
+                if left <= 0:
+                    return False
+                self._progress.wait(left)
+        return True
+
     def _done(self, target: int) -> bool:
         if self.queue.drained < target or self._rejects:
             return False
