@@ -15,21 +15,22 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-import msgspec
-
 from . import _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
 from ._errors import CDPError, DeliveryError, ValidationError
 from ._event import (
+    DECODE_ERRORS,
     IDENTIFY,
     REGISTER_DEVICE,
     TRACK,
     Item,
     OpenCdpIdentify,
     OpenCdpTrack,
+    Raw,
     check_event_name,
     check_identifier,
     check_properties,
+    decode,
     encode,
     encode_properties,
     looks_like_email,
@@ -357,7 +358,7 @@ class CDPClient:
                 raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
         attrs: Any = None
         if attributes is not None:
-            attrs = msgspec.Raw(encode_properties(check_properties(attributes, "attributes"), "attributes"))
+            attrs = Raw(encode_properties(check_properties(attributes, "attributes"), "attributes"))
         if last_active_at is not None:
             encode_properties({"last_active_at": last_active_at}, "last_active_at")
         device = DeviceInfo(
@@ -385,7 +386,7 @@ class CDPClient:
         """Several destinations, sending, asynchronous, open: properties encoded once, one body
         per destination, each queued; anything unusual (an entry too large) takes the general path."""
         try:
-            raw = msgspec.Raw(encode(properties))
+            raw = Raw(encode(properties))
         except Exception as exc:
             raise serialization_error(properties, "properties", exc) from None
         timestamp = time.time()
@@ -406,7 +407,7 @@ class CDPClient:
         """The general path: several destinations, sync mode, disabled or closed clients."""
         routes = self._routes
         if kind != REGISTER_DEVICE:
-            raw = msgspec.Raw(encode_properties(payload))  # validates even when nothing is sent
+            raw = Raw(encode_properties(payload))  # validates even when nothing is sent
             payload = raw if len(routes) > 1 else payload
         inline = self._cfg.sync_mode
         if self._closed:
@@ -656,8 +657,8 @@ class CDPClient:
         parsed: Any = None
         if answer is not None and answer.content:
             try:
-                parsed = msgspec.json.decode(answer.content)
-            except msgspec.DecodeError:
+                parsed = decode(answer.content)
+            except DECODE_ERRORS:
                 parsed = None
         result = SendResult(
             outcome.ok,

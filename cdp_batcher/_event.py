@@ -19,6 +19,7 @@ from ._errors import SerializationError, ValidationError
 __all__ = [
     "DECODE_ERRORS",
     "IDENTIFY",
+    "Raw",
     "KIND_NAMES",
     "REGISTER_DEVICE",
     "TRACK",
@@ -50,7 +51,8 @@ decode = _decoder.decode
 #: gets msgspec 0.20). Catch this tuple, not ValueError alone.
 DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, msgspec.DecodeError)
 
-EMPTY_PROPERTIES = msgspec.Raw(b"{}")
+#: JSON bytes embedded as they are in another Struct's encoding (properties shared by destinations).
+Raw = msgspec.Raw
 
 
 # ---------------------------------------------------------------------------------------- OpenCDP
