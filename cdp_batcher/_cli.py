@@ -136,7 +136,6 @@ def iter_json_array(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[tuple
     counted, line = 0, 1  # `line` is the line number at offset `counted` of buf
     stack: list[int] = []  # brackets open inside the current element
     eof = False
-    emitted = 0
 
     def line_at(offset: int) -> int:
         nonlocal counted, line
@@ -168,7 +167,6 @@ def iter_json_array(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[tuple
                 elif char == 0x2C:  # ','
                     text = buf[start : pos - 1]
                     yield line_at(start + len(text) - len(text.lstrip())), text.strip()
-                    emitted += 1
                     start = pos
                 elif stack:
                     if stack.pop() != _OPEN_FOR[char]:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any, Callable, Optional
 
@@ -589,10 +589,6 @@ class Route:
         if thread is None or not thread.is_alive():
             self.dest.close()
 
-    def is_idle(self) -> bool:
-        with self._lock:
-            return not len(self.queue) and not self._outstanding and not self._in_flight
-
     # ---------------------------------------------------------------------------------- stats
     def snapshot(self) -> DestinationStats:
         with self._lock:
@@ -608,10 +604,3 @@ class Route:
                 queued=len(self.queue),
                 in_flight=self._in_flight,
             )
-
-    def threads(self) -> Mapping[str, bool]:
-        """Names of this route's threads that are alive (for tests and diagnostics)."""
-        alive = {}
-        if self._thread is not None:
-            alive[self._thread.name] = self._thread.is_alive()
-        return alive

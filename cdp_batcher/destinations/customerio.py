@@ -276,11 +276,6 @@ class CustomerIoDestination(Destination):
             )
         ctl.delivered(accepted)
 
-    @property
-    def http(self) -> HttpTransport:
-        """The transport (its ``session`` is the pooled ``requests.Session``)."""
-        return self._http
-
     def after_fork(self) -> None:
         """Drop the parent's connections in a forked child."""
         self._http.after_fork()

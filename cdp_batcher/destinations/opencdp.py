@@ -447,10 +447,6 @@ class OpenCdpDestination(Destination):
     def http(self) -> HttpTransport:
         return self._http
 
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
     def after_fork(self) -> None:
         self._http.after_fork()
 
