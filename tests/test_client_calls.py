@@ -27,7 +27,7 @@ from conftest import API_KEY, MakeClient
 
 pytestmark = pytest.mark.timeout(30)
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "opencdp" / "conformance_vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "data" / "opencdp-conformance-vectors.json"
 
 
 def _vectors() -> dict[str, Any]:

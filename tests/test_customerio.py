@@ -35,7 +35,7 @@ from cdp_batcher.testing import Collector, RecordingLogger
 
 pytestmark = pytest.mark.timeout(60)
 
-OPENAPI = Path(__file__).resolve().parents[1].parent / "shared/customerio/track-api-openapi.json"
+OPENAPI = Path(__file__).resolve().parent / "data" / "customerio-track-api-openapi.json"
 _DOC_URI = "urn:customerio:track-api-openapi"
 _BATCH_SCHEMA = "/paths/~1api~1v2~1batch/post/requestBody/content/application~1json/schema"
 _ENTRY_SCHEMAS = {"identify": "identify_person", "event": "person_event", "add_device": "person_add_device"}
