@@ -8,14 +8,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Ways a path leaves the repository: a parent of the root, or the steering repo's shared/ folder.
-_ESCAPES = re.compile(r"""\.\./shared|parents\[[2-9]\]|parents\[1\]\.parent|\.parent\.parent\.parent|["'/]shared["'/]""")
+_ESCAPES = re.compile(
+    r"""\.\./shared|parents\[[2-9]\]|parents\[1\]\.parent|\.parent\.parent\.parent|["'/]shared["'/]"""
+)
 _SCANNED = ("cdp_batcher", "tests", "examples", "scripts", "bench", ".ci")
 
 
 def _files() -> list[Path]:
     found = [ROOT / "Makefile", ROOT / "pyproject.toml"]
     for top in _SCANNED:
-        found += [p for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in {".py", ".sh", ".toml", ""}]
+        found += [
+            p for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in {".py", ".sh", ".toml", ""}
+        ]
     return [p for p in found if p.resolve() != Path(__file__).resolve() and "__pycache__" not in p.parts]
 
 
