@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from . import _queue, _worker
+from . import _concurrency, _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
 from ._errors import CDPError, DeliveryError, ValidationError
 from ._event import (
@@ -203,7 +203,8 @@ class CDPClient:
         )
         self._needs_timestamp = any(d.needs_timestamp for d in destinations)
         self._closed = False
-        self._shutdown_lock = threading.Lock()
+        self._shutdown_lock = _concurrency.lock()
+        self._sync_token = _concurrency.token()
         self._shutdown_report: Optional[DeliveryReport] = None
         self._warned: set[str] = set()
         self._fast_put: Optional[Callable[[Item], bool]] = None
@@ -499,6 +500,8 @@ class CDPClient:
             return self._shutdown_report
         if _inside_pipeline():
             return self._shutdown_later(timeout)
+        if _concurrency.stale(self._sync_token):  # gevent/eventlet patched threading since: see _concurrency
+            self._shutdown_lock, self._sync_token = _concurrency.lock(), _concurrency.token()
         with self._shutdown_lock:
             if self._shutdown_report is not None:
                 return self._shutdown_report
@@ -580,8 +583,9 @@ class CDPClient:
     def _after_fork_in_child(self) -> None:
         for route in self._routes:
             route.after_fork_in_child()
-        self._limiter._lock = threading.Lock()  # a parent thread may have held it at the fork
-        self._shutdown_lock = threading.Lock()
+        self._limiter._lock = _concurrency.lock()  # a parent thread may have held it at the fork
+        self._shutdown_lock = _concurrency.lock()
+        self._sync_token = _concurrency.token()
         self._set_fast_path()
 
     # ------------------------------------------------------------------- transactional sends

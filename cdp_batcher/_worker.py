@@ -22,9 +22,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from queue import SimpleQueue
+from queue import SimpleQueue  # the type only: instances come from _concurrency
 from typing import Any, Callable, Optional
 
+from . import _concurrency
 from ._config import OnError
 from ._errors import CDPError
 from ._event import KIND_NAMES, Item
@@ -80,11 +81,18 @@ class _SenderPool:
         self._run = run
         self._name = name
         self._taken = 0  # slots taken by acquire, not yet given back
-        self._freed = threading.Condition(threading.Lock())
-        self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
-        self._lock = threading.Lock()
+        self.make_sync()
+
+    def make_sync(self) -> None:
+        """(Re)make the pool's locks and job queue from the threading module in force; only while
+        no sender thread is alive (see _concurrency)."""
+        if any(t.is_alive() for t in self._threads):
+            return
+        self._freed = _concurrency.condition()
+        self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = _concurrency.simple_queue()
+        self._lock = _concurrency.lock()
 
     def acquire(self, timeout: Optional[float], limit: Callable[[], int]) -> bool:
         """Take a slot once fewer than ``limit()`` (1 to ``size``; read again at least every
@@ -255,13 +263,7 @@ class Route:
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:
         self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
-        self._lock = self.queue.lock
-        self._progress = threading.Condition(self._lock)
-        self._deadline_cond = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
-        self._start_lock = threading.Lock()
         self.queue.on_first = self._on_first
-        self.queue.on_batch = self._wake.set
         self._delivered = 0
         self._retried = 0
         self._in_flight = 0
@@ -277,6 +279,21 @@ class Route:
         self._rejects: deque[tuple[list[Item], str, BaseException]] = deque()
         self._full_seen = 0
         self._pool = _SenderPool(self.dest.concurrency, self._run_unit, f"cdp_batcher-{self.name}")
+        self._make_sync()
+
+    def _make_sync(self) -> None:
+        """(Re)make the route's locks, conditions and wake-up event from the threading module in
+        force. At construction and after fork; again at a thread start when gevent/eventlet
+        patched threading since (gunicorn -k gevent --preload: see _concurrency)."""
+        self._made_with = _concurrency.token()
+        lock = self.queue.lock = _concurrency.lock()
+        self._lock = lock
+        self._progress = _concurrency.condition(lock)
+        self._deadline_cond = _concurrency.condition()
+        self._wake = _concurrency.event()
+        self._start_lock = _concurrency.lock()
+        self.queue.on_batch = self._wake.set
+        self._pool.make_sync()
 
     def after_fork_in_child(self) -> None:
         """The child starts empty, with its own lock, thread and connections."""
@@ -340,6 +357,10 @@ class Route:
             _Control(self, base, len(items)).dropped(items, reason, error)
 
     def _ensure_thread(self) -> bool:
+        if _concurrency.stale(self._made_with):
+            thread = self._thread
+            if thread is None or not thread.is_alive():  # nothing waits on the old objects
+                self._make_sync()
         with self._start_lock:
             if self._pid != os.getpid():  # forked by a path that ran no at-fork hook
                 return False

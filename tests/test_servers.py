@@ -1,0 +1,97 @@
+"""The server matrix, for real: each cell starts a real server with a recipe's app on a free
+loopback port, drives a bounded load, stops it the way production does and counts every event
+at the local collector. Expected everywhere: every event exactly once, the stop within the
+recipe's shutdown timeout plus the server's own teardown, no worker timeout or SIGKILL.
+
+The table of every cell (delivered/expected, stop time) is printed at the end of the session.
+Run alone with ``.venv/bin/python -m pytest -m servers -s``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+from typing import Optional
+
+import pytest
+
+from cdp_batcher.testing import Collector
+
+from conftest import API_KEY, ENV_VARS
+from servers import FRAMEWORKS, ServerProcess, free_port, run_http_cell
+
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
+
+
+def server_env(collector: Collector) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(CDP_API_KEY=API_KEY, CDP_ENDPOINT=collector.url, CDP_FALLBACK_ENDPOINTS="")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def need(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{module} is not installed: make venv installs it (the servers extra)")
+
+
+# ------------------------------------------------------------------------------------ gunicorn
+GUNICORN_WORKERS = 2
+GRACEFUL = 8
+
+
+def gunicorn_argv(worker_class: str, preload: bool, port: int, tmp: str) -> list[str]:
+    import gunicorn.config
+
+    argv = [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", str(GUNICORN_WORKERS)]
+    argv += ["-b", f"127.0.0.1:{port}", "-c", str(FRAMEWORKS / "gunicorn_conf.py"), "--timeout", "10"]
+    # Above the recipe's shutdown(timeout=5.0), below its 30 s: gunicorn's gevent worker sometimes
+    # lets an old worker sit out the whole graceful timeout after SIGHUP (with a plain app too).
+    argv += ["--graceful-timeout", str(GRACEFUL)]
+    if worker_class == "gthread":
+        argv += ["--threads", "4"]
+    if preload:
+        argv.append("--preload")
+    if "control_socket" in gunicorn.config.Config().settings:  # gunicorn >= 24: one per test
+        argv += ["--control-socket", f"{tmp}/gunicorn.ctl"]
+    return [*argv, "gunicorn_app:app"]
+
+
+def gunicorn_reload(server: ServerProcess) -> Optional[str]:
+    """SIGHUP: new workers boot, the old ones stop gracefully (their worker_exit runs)."""
+    mark = server.mark
+    server.proc.send_signal(signal.SIGHUP)
+    if not server.wait_for(r"Booting worker with pid", GUNICORN_WORKERS, timeout=20, since=mark):
+        return "SIGHUP: no new workers"
+    if not server.wait_for(
+        r"cdp_batcher: worker \d+ stopped", GUNICORN_WORKERS, timeout=GRACEFUL + 7, since=mark
+    ):
+        return "SIGHUP: the old workers did not stop cleanly"
+    return None
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["plain", "preload"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
+def test_gunicorn(collector: Collector, worker_class: str, preload: bool, tmp_path: object) -> None:
+    """gunicorn -k <class> [--preload] -w 2, a SIGHUP reload half-way, SIGTERM at the end."""
+    need("gunicorn")
+    if worker_class == "gevent":
+        need("gevent")
+    port = free_port()
+    name = f"gunicorn {worker_class}{' --preload' if preload else ''} + SIGHUP, SIGTERM"
+    outcome = run_http_cell(
+        name,
+        gunicorn_argv(worker_class, preload, port, str(tmp_path)),
+        server_env(collector),
+        collector,
+        port=port,
+        ready=r"Booting worker with pid",
+        workers=GUNICORN_WORKERS,
+        stop_signal=signal.SIGTERM,
+        reload=gunicorn_reload,
+    )
+    assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
+    assert outcome.returncode == 0, outcome.log[-4000:]
