@@ -103,6 +103,12 @@ def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
             logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
 
 
+def _unhooked_fork(ref: weakref.ReferenceType[CDPClient]) -> None:
+    client = ref()
+    if client is not None:
+        client._after_unhooked_fork()
+
+
 def _has_token(token: object) -> bool:
     """A push token counts when it is not None, empty or all white space."""
     return bool(token) and not (isinstance(token, str) and token.isspace())
@@ -201,6 +207,8 @@ class CDPClient:
             )
             for dest in destinations
         )
+        for route in self._routes:  # through a weak reference: routes outlive an abandoned client
+            route.on_fork = functools.partial(_unhooked_fork, weakref.ref(self))
         self._needs_timestamp = any(d.needs_timestamp for d in destinations)
         self._closed = False
         self._shutdown_lock = _concurrency.lock()
@@ -580,6 +588,22 @@ class CDPClient:
         return Stats(enqueued=snaps["opencdp"].enqueued, destinations=types.MappingProxyType(snaps))
 
     # ------------------------------------------------------------------------------- fork
+    def _after_unhooked_fork(self) -> None:
+        """A route found itself in a child forked without Python's fork hooks (uWSGI without
+        lazy-apps or py-call-osafterfork, a C extension calling fork()): reset as the at-fork hook
+        would have, once, and say so."""
+        parent, pid = self._routes[0].pid, os.getpid()
+        if parent == pid:  # another route (or thread) of this client did it already
+            return
+        self._after_fork_in_child()
+        self._log.info(
+            "cdp_batcher: process %d was forked from %d without Python's fork hooks (uWSGI's default): "
+            "the client starts empty here, with its own threads and connections; events queued "
+            "before the fork stay the parent's",
+            pid,
+            parent,
+        )
+
     def _after_fork_in_child(self) -> None:
         for route in self._routes:
             route.after_fork_in_child()

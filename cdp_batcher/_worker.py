@@ -258,12 +258,16 @@ class Route:
         self._interval = flush_interval
         self._on_error = on_error
         self._limiter = limiter
+        #: Called when this route finds itself in a child forked without Python's fork hooks; the
+        #: client sets it to its own reset (every route, once). Default: reset this route only.
+        self.on_fork: Callable[[], None] = self.after_fork_in_child
         self._reset()
 
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:
         self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
         self.queue.on_first = self._on_first
+        self.queue.on_fork = self._put_after_fork
         self._delivered = 0
         self._retried = 0
         self._in_flight = 0
@@ -275,7 +279,8 @@ class Route:
         self._stopping = False
         self._deadline: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
+        self.pid = os.getpid()  # the process this route's state belongs to
+        self._guard_works = _concurrency.fork_guard_works(self.queue.guard)
         self._rejects: deque[tuple[list[Item], str, BaseException]] = deque()
         self._full_seen = 0
         self._pool = _SenderPool(self.dest.concurrency, self._run_unit, f"cdp_batcher-{self.name}")
@@ -300,6 +305,27 @@ class Route:
         self._reset()
         self.dest.after_fork()
 
+    def forked(self) -> bool:
+        """True in a child forked without fork hooks, before :attr:`on_fork` reset this route: the
+        queue's fork guard was wiped (or, where there is none, the PID changed)."""
+        if self._guard_works:
+            return not self.queue.guard[0]
+        return self.pid != os.getpid()
+
+    def adopt_fork(self) -> None:
+        """At the entry of flush, shutdown and stats: reset first if this is a forked copy."""
+        if self.forked():
+            self.on_fork()
+
+    def _put_after_fork(self, item: Item) -> bool:
+        """EventQueue.on_fork: ``item`` was put into the parent's copy of the queue. Reset (once,
+        through on_fork), then queue it in this process's own queue."""
+        if self.forked():
+            self.on_fork()
+            if self.forked():  # an on_fork that did not reset this route
+                self.after_fork_in_child()
+        return self.queue.put(item)
+
     # ------------------------------------------------------------------------------ producers
     @property
     def put(self) -> Callable[[Item], bool]:
@@ -308,6 +334,7 @@ class Route:
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
+        self.adopt_fork()
         report = error is not None and self._on_error is not None
         with self._lock:
             self.queue.offered += 1
@@ -324,6 +351,7 @@ class Route:
 
     def send_now(self, item: Item) -> Optional[tuple[str, BaseException]]:
         """sync_mode: send one item from the calling thread; the failure, if any."""
+        self.adopt_fork()
         with self._lock:
             self.queue.offered += 1
             self._in_flight += 1
@@ -332,12 +360,12 @@ class Route:
         return ctl.first_error
 
     def _on_first(self) -> None:
+        if self.pid != os.getpid():  # forked without hooks where no fork guard works: see _adopt_copy
+            self._adopt_copy()
+            return
         thread = self._thread
         if (
-            (thread is None or self._pid != os.getpid() or not thread.is_alive())
-            and not self._ensure_thread()
-            and self._stopping
-            and self._pid == os.getpid()
+            (thread is None or not thread.is_alive()) and not self._ensure_thread() and self._stopping
         ):  # a call that raced shutdown() onto a queue no flusher will drain again
             self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
 
@@ -356,13 +384,24 @@ class Route:
         if items:
             _Control(self, base, len(items)).dropped(items, reason, error)
 
+    def _adopt_copy(self) -> None:
+        """Without a fork guard the first put in a child forked without hooks lands in the parent's
+        copy of the queue; it was empty before that put (this is the empty-to-non-empty branch), so
+        what it holds now is this process's: reset, then queue it again in the new queue."""
+        items = self.queue.items_unlocked()
+        self.on_fork()
+        if self.pid != os.getpid():
+            self.after_fork_in_child()
+        for item in items:
+            self.queue.put(item)
+
     def _ensure_thread(self) -> bool:
         if _concurrency.stale(self._made_with):
             thread = self._thread
             if thread is None or not thread.is_alive():  # nothing waits on the old objects
                 self._make_sync()
         with self._start_lock:
-            if self._pid != os.getpid():  # forked by a path that ran no at-fork hook
+            if self.forked():  # a forked copy not yet reset (adopt_fork) must never send
                 return False
             thread = self._thread
             if thread is not None and thread.is_alive():
@@ -533,6 +572,7 @@ class Route:
         """Ask for everything queued so far to be sent now; returns (target, counters before).
 
         When no flusher thread can run (interpreter shutdown), sends from the calling thread."""
+        self.adopt_fork()
         with self._lock:
             target = self.queue.accepted
             if target > self._flush_target:
@@ -540,7 +580,7 @@ class Route:
             before = (self._delivered, Counter(self._failed), Counter(self._dropped))
             waiting = len(self.queue) > 0 or bool(self._rejects)
         self._wake.set()
-        if waiting and not self._ensure_thread() and inline and self._pid == os.getpid():
+        if waiting and not self._ensure_thread() and inline and not self.forked():
             self._run(inline=True, until=deadline)
         return target, before
 
@@ -601,7 +641,7 @@ class Route:
         if (
             (thread is None or not thread.is_alive())
             and (len(self.queue) or self._rejects)
-            and self._pid == os.getpid()
+            and not self.forked()
         ):  # no flusher ran, or a call raced its exit
             self._run(inline=True, until=deadline)
         self._pool.stop(deadline)
@@ -612,6 +652,7 @@ class Route:
 
     # ---------------------------------------------------------------------------------- stats
     def snapshot(self) -> DestinationStats:
+        self.adopt_fork()
         with self._lock:
             dropped = Counter(self._dropped)
             if self.queue.full_drops:

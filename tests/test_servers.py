@@ -10,8 +10,10 @@ Run alone with ``.venv/bin/python -m pytest -m servers -s``.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -95,3 +97,65 @@ def test_gunicorn(collector: Collector, worker_class: str, preload: bool, tmp_pa
     )
     assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
     assert outcome.returncode == 0, outcome.log[-4000:]
+
+
+# --------------------------------------------------------------------------------------- uWSGI
+UWSGI_WORKERS = 2
+UWSGI_MODES = {
+    "default": [],
+    "enable-threads": ["--enable-threads"],
+    "lazy-apps": ["--lazy-apps"],
+    "py-call-osafterfork": ["--py-call-osafterfork"],
+}
+UWSGI_STOPS = {"SIGINT": ([], signal.SIGINT), "die-on-term+SIGTERM": (["--die-on-term"], signal.SIGTERM)}
+
+
+def uwsgi_binary() -> str:
+    path = Path(sys.executable).with_name("uwsgi")
+    if not path.exists():
+        found = shutil.which("uwsgi")
+        if found is None:
+            pytest.fail("uwsgi is not installed: make venv builds it (the servers extra)")
+        return found
+    return str(path)
+
+
+@pytest.mark.parametrize("stop", sorted(UWSGI_STOPS))
+@pytest.mark.parametrize("mode", list(UWSGI_MODES))
+def test_uwsgi(collector: Collector, mode: str, stop: str) -> None:
+    """uWSGI --master --processes 2 with uwsgi_app.py (uwsgi.atexit shuts the client down), in
+    each fork mode, stopped with SIGINT or with --die-on-term and SIGTERM."""
+    port = free_port()
+    extra, sig = UWSGI_STOPS[stop]
+    argv = [
+        uwsgi_binary(),
+        "--master",
+        "--processes",
+        str(UWSGI_WORKERS),
+        "--http-socket",
+        f"127.0.0.1:{port}",
+    ]
+    argv += [
+        "--module",
+        "uwsgi_app:app",
+        "--need-app",
+        "--pythonpath",
+        str(FRAMEWORKS),
+        "--worker-reload-mercy",
+        "15",
+    ]
+    argv += UWSGI_MODES[mode] + extra
+    outcome = run_http_cell(
+        f"uWSGI {mode}, {stop}",
+        argv,
+        server_env(collector),
+        collector,
+        port=port,
+        # lazy-apps: each worker imports the app after it was spawned; wait for every import
+        ready=r"WSGI app \d+ .*ready" if mode == "lazy-apps" else r"spawned uWSGI worker \d+",
+        workers=UWSGI_WORKERS,
+        stop_signal=sig,
+    )
+    assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
+    stopped = outcome.log.count("cdp_batcher: worker ")
+    assert stopped >= 1, outcome.log[-4000:]  # uwsgi.atexit ran (a worker that served nothing logs too)
