@@ -46,6 +46,7 @@ class EventQueue:
         "full_drops",
         "guard",
         "lock",
+        "mark",
         "max_bytes",
         "max_events",
         "offered",
@@ -58,6 +59,9 @@ class EventQueue:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._batch_mark = batch_size - 1
+        #: on_batch runs when a put finds this many items queued: a full batch, then one batch
+        #: further each time (a backlog that only grows keeps calling it: the stall check).
+        self.mark = batch_size - 1
         self.lock = threading.Lock()
         self._items: deque[Item] = deque()
         self._bytes = 0
@@ -89,7 +93,8 @@ class EventQueue:
                 self.first_at = time.monotonic()
         if n == 0:
             self.on_first()
-        if n == self._batch_mark:
+        if n >= self.mark:  # a full batch, or the backlog grew by another batch since
+            self.mark = n + self._batch_mark + 1
             self.on_batch()
         return True
 
@@ -106,6 +111,8 @@ class EventQueue:
             out = [popleft() for _ in range(n)]
             self._bytes -= sum(len(body) for _, body in out)
         self.drained += n
+        left = len(items)
+        self.mark = self._batch_mark if left <= self._batch_mark else left + self._batch_mark + 1
         return out
 
     def items_unlocked(self) -> list[Item]:

@@ -45,6 +45,24 @@ _MAX_PENDING_REPORTS = 1000
 #: counted by the deadline (a report then has nothing pending that was cut short).
 RESOLVE_MARGIN = 0.05
 
+#: Events queued with no dispatcher run and nothing in flight for this long (at least; else
+#: STALL_INTERVALS flush intervals) is a stall: logged once as an ERROR, counted in stats().
+STALL_MIN_SECONDS = 5.0
+STALL_INTERVALS = 10
+
+_STALL_CAUSES = (
+    "Likely causes, and what to do: "
+    "(1) the process was forked in a way the client could not see (build the client after the "
+    "fork: uWSGI lazy-apps, a post-fork hook); "
+    "(2) gevent/eventlet monkey-patching after the client started its threads (patch first: "
+    "monkey.patch_all() before importing cdp_batcher or your app); "
+    "(3) a blocked event loop or a greenlet that never yields (find the blocking call: the "
+    "client's thread cannot run until it returns); "
+    "(4) threads disabled (uWSGI: add enable-threads = true). "
+    "Queued events are kept (up to max_queue_size) and sent once the flusher runs; "
+    "stats() counts this as 'stalls'."
+)
+
 #: A dispatcher waiting for a sender reads the destination's concurrency_hint() again this often
 #: (a hint that rises, e.g. when requests turn slow, is seen before a sender frees up).
 LIMIT_RECHECK = 0.1
@@ -221,6 +239,7 @@ class _Control:
                 route._in_flight -= n
                 if bucket == DELIVERED:
                     route._delivered += n
+                    route._delivered_at = _monotonic()
                 elif bucket == FAILED:
                     route._failed[reason] += n
                 else:
@@ -273,6 +292,10 @@ class Route:
         self._in_flight = 0
         self._failed: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._ran_at = _monotonic()  # the dispatcher's last loop (it drains whatever is due)
+        self._delivered_at: Optional[float] = None  # the last delivery (monotonic)
+        self._stalls = 0
+        self._stall_open = False  # logged for the current stall; cleared when the dispatcher runs
         self._outstanding: dict[int, int] = {}  # batch base sequence -> items not yet resolved
         self._backlog: deque[tuple[int, list[Item]]] = deque()  # units drained, not yet sending
         self._flush_target = 0
@@ -297,7 +320,7 @@ class Route:
         self._deadline_cond = _concurrency.condition()
         self._wake = _concurrency.event()
         self._start_lock = _concurrency.lock()
-        self.queue.on_batch = self._wake.set
+        self.queue.on_batch = self._on_batch
         self._pool.make_sync()
 
     def after_fork_in_child(self) -> None:
@@ -384,6 +407,47 @@ class Route:
         if items:
             _Control(self, base, len(items)).dropped(items, reason, error)
 
+    def _on_batch(self) -> None:
+        """EventQueue.on_batch (a full batch waits, or the backlog grew by another batch): wake
+        the dispatcher, and check from the caller's thread that one is running."""
+        if (
+            len(self.queue) <= self._batch_size
+        ):  # a growing backlog: the dispatcher is awake already, or stalled
+            self._wake.set()
+        self.check_stall()
+
+    def check_stall(self) -> None:
+        """Log one ERROR (and count a stall) when events have been queued, nothing is in flight
+        and no dispatcher ran for ``max(STALL_MIN_SECONDS, STALL_INTERVALS * flush_interval)``.
+        Runs on callers' threads (a growing backlog, stats(), flush()): never needs the
+        flusher, which is what is missing."""
+        if self._stall_open or self._stopping or not len(self.queue) or self._in_flight:
+            return
+        now = _monotonic()
+        idle = now - max(self.queue.first_at, self._ran_at)
+        if idle < max(STALL_MIN_SECONDS, STALL_INTERVALS * self._interval):
+            return
+        with self._lock:
+            if self._stall_open:
+                return
+            self._stall_open = True
+            self._stalls += 1
+        thread = self._thread
+        alive = thread is not None and thread.is_alive()
+        patched = _concurrency.patched()
+        self._limiter.logger.error(
+            "cdp_batcher: %s: %d event(s) queued and no delivery attempt for %.0f s: the flusher "
+            "thread is %s%s. %s",
+            self.name,
+            len(self.queue),
+            idle,
+            "alive but not running" if alive else "not running",
+            f" ({patched} has monkey-patched threading in this process)" if patched else "",
+            _STALL_CAUSES,
+        )
+        if not alive:
+            self._ensure_thread()
+
     def _adopt_copy(self) -> None:
         """Without a fork guard the first put in a child forked without hooks lands in the parent's
         copy of the queue; it was empty before that put (this is the empty-to-non-empty branch), so
@@ -428,6 +492,8 @@ class Route:
             with lock:
                 n = len(queue)
                 now = _monotonic()
+                self._ran_at = now
+                self._stall_open = False
                 deadline = self._deadline
                 expired = self._stopping and deadline is not None and now >= deadline
                 if not expired:
@@ -573,6 +639,7 @@ class Route:
 
         When no flusher thread can run (interpreter shutdown), sends from the calling thread."""
         self.adopt_fork()
+        self.check_stall()
         with self._lock:
             target = self.queue.accepted
             if target > self._flush_target:
@@ -653,6 +720,7 @@ class Route:
     # ---------------------------------------------------------------------------------- stats
     def snapshot(self) -> DestinationStats:
         self.adopt_fork()
+        self.check_stall()
         with self._lock:
             dropped = Counter(self._dropped)
             if self.queue.full_drops:
@@ -665,4 +733,7 @@ class Route:
                 retried=self._retried,
                 queued=len(self.queue),
                 in_flight=self._in_flight,
+                stalls=self._stalls,
+                queued_bytes=self.queue.nbytes,
+                last_delivery_age=None if self._delivered_at is None else _monotonic() - self._delivered_at,
             )
