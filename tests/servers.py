@@ -205,7 +205,7 @@ def count_events(
     """(distinct expected request numbers seen, events seen more than once)."""
     seen = collections.Counter(number(e["body"]) for e in collector.events())
     delivered = sum(1 for n in range(expected) if seen.get(n))
-    duplicates = sum(c - 1 for c in seen.values() if c > 1)
+    duplicates = sum(c - 1 for n, c in seen.items() if n is not None and c > 1)
     return delivered, duplicates
 
 

@@ -10,6 +10,8 @@ Run alone with ``.venv/bin/python -m pytest -m servers -s``.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import shutil
 import signal
 import sys
@@ -21,14 +23,21 @@ import pytest
 from cdp_batcher.testing import Collector
 
 from conftest import API_KEY, ENV_VARS
-from servers import FRAMEWORKS, ServerProcess, free_port, run_http_cell
+from servers import (
+    FRAMEWORKS,
+    RESULTS,
+    STOP_BOUND,
+    Outcome,
+    ServerProcess,
+    count_events,
+    free_port,
+    run_http_cell,
+)
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 
 
 def server_env(collector: Collector) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env.update(CDP_API_KEY=API_KEY, CDP_ENDPOINT=collector.url, CDP_FALLBACK_ENDPOINTS="")
     env["PYTHONUNBUFFERED"] = "1"
@@ -159,3 +168,127 @@ def test_uwsgi(collector: Collector, mode: str, stop: str) -> None:
     assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
     stopped = outcome.log.count("cdp_batcher: worker ")
     assert stopped >= 1, outcome.log[-4000:]  # uwsgi.atexit ran (a worker that served nothing logs too)
+
+
+# ------------------------------------------------------------------------------------- uvicorn
+def product_number(body: dict[str, object]) -> Optional[int]:
+    props = body.get("properties")
+    value = props.get("product") if isinstance(props, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def test_uvicorn_workers(collector: Collector) -> None:
+    """uvicorn --workers 2 with fastapi_app.py (its lifespan awaits aflush/ashutdown), SIGTERM."""
+    need("uvicorn")
+    need("fastapi")
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "fastapi_app:app",
+        "--app-dir",
+        str(FRAMEWORKS),
+        "--workers",
+        "2",
+    ]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "8"]
+    outcome = run_http_cell(
+        "uvicorn --workers 2, SIGTERM",
+        argv,
+        server_env(collector),
+        collector,
+        port=port,
+        ready=r"Application startup complete",
+        workers=2,
+        stop_signal=signal.SIGTERM,
+        path=lambda n: f"/products/{n}",
+        number=product_number,
+    )
+    assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
+    assert outcome.returncode == 0, outcome.log[-4000:]
+
+
+# -------------------------------------------------------------------------------------- Celery
+CELERY_TASKS = 150
+CELERY_CELL = """
+import os
+from celery_app import app  # the recipe, unchanged: its signals create and shut down the client
+
+folder = os.environ["CELERY_FS_FOLDER"]
+app.conf.broker_transport_options = {
+    "data_folder_in": folder + "/queue", "data_folder_out": folder + "/queue",
+    "processed_folder": folder + "/done", "store_processed": False, "polling_interval": 0.1,
+}
+app.conf.result_backend = "file://" + folder + "/results"
+app.conf.broker_connection_retry_on_startup = True
+"""
+
+
+def welcome_number(body: dict[str, object]) -> Optional[int]:
+    ident = body.get("identifier")
+    if body.get("eventName") != "welcome_email_queued" or not isinstance(ident, str):
+        return None
+    found = re.fullmatch(r"celery-(\d+)", ident)
+    return int(found.group(1)) if found else None
+
+
+@pytest.mark.parametrize("pool", ["prefork", "gevent"])
+def test_celery(collector: Collector, pool: str, tmp_path: Path) -> None:
+    """celery worker -P <pool> on kombu's filesystem transport (no broker server): 150 tasks of
+    celery_app.welcome (identify + track each), every result awaited, then SIGTERM (warm shutdown)."""
+    need("celery")
+    if pool == "gevent":
+        need("gevent")
+    for sub in ("queue", "done", "results"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "celery_cell.py").write_text(CELERY_CELL)
+    env = server_env(collector)
+    env.update(
+        CELERY_BROKER_URL="filesystem://",
+        CELERY_FS_FOLDER=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(FRAMEWORKS)]),
+    )
+    concurrency = "2" if pool == "prefork" else "20"
+    argv = [sys.executable, "-m", "celery", "-A", "celery_cell", "worker", "-P", pool, "-c", concurrency]
+    argv += ["--loglevel", "INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"]
+    server = ServerProcess(argv, env, tmp_path)
+    stop_seconds = float("nan")
+    unanswered = CELERY_TASKS
+    try:
+        assert server.wait_for(r"celery@\S+ ready", timeout=60), server.text()[-4000:]
+        from celery import Celery
+
+        producer = Celery("producer", broker="filesystem://", backend=f"file://{tmp_path}/results")
+        producer.conf.broker_transport_options = {
+            "data_folder_in": str(tmp_path / "queue"),
+            "data_folder_out": str(tmp_path / "queue"),
+        }
+        results = [
+            producer.send_task("celery_app.welcome", args=(f"celery-{n}", "pro")) for n in range(CELERY_TASKS)
+        ]
+        done = 0
+        for result in results:
+            try:
+                result.get(timeout=60, interval=0.05)
+                done += 1
+            except Exception:
+                break
+        unanswered = CELERY_TASKS - done
+        stop_seconds = server.stop(signal.SIGTERM, timeout=STOP_BOUND + 20)
+    finally:
+        server.kill()
+    delivered, duplicates = count_events(collector, welcome_number, CELERY_TASKS)
+    outcome = Outcome(
+        f"Celery -P {pool}, SIGTERM",
+        CELERY_TASKS,
+        delivered,
+        duplicates,
+        unanswered,
+        stop_seconds,
+        server.proc.returncode,
+        server.text(),
+    )
+    RESULTS.append(outcome)
+    assert not outcome.problems(), (outcome.problems(), outcome.log[-4000:])
+    assert collector.count() == 2 * CELERY_TASKS  # the identify of every task too
