@@ -3,7 +3,6 @@
     pip install uwsgi
     cd examples/frameworks
     CDP_API_KEY=... uwsgi --ini uwsgi.ini                 # see uwsgi.ini for what each option changes
-    CDP_API_KEY=... python examples/frameworks/uwsgi_app.py --selftest   # real uWSGI, 2 workers, SIGINT
 
 The client is made at module level. Without ``lazy-apps`` uWSGI imports this module once, in the
 master, then forks the workers from C without running Python's fork hooks; the client notices
