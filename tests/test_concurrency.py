@@ -66,6 +66,7 @@ if case == "preload_fork":                    # gunicorn -k gevent --preload: ma
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                              # the worker: fork hook ran, then the worker patches
+        signal.alarm(20)                      # alarms are not inherited across fork
         os.close(r)
         os.write(w, json.dumps(patched_run(c, "worker")).encode())
         os._exit(0)
