@@ -85,9 +85,16 @@ def _check(data: bytes, cuts: list[int], head_only: bool) -> None:
     assert retry_after is None or isinstance(retry_after, str)
     assert head_only is False or content == b""
     if reusable:
-        # Nothing may be left over (a HEAD answer's body is never read: a server that sends one
-        # anyway is caught by the pool's check before reuse), and the framing must have been plain.
-        assert head_only or not feed.pieces, "reusable with bytes after the answer"
+        # Bytes after the answer in the same read: never reusable. (Bytes that arrive later
+        # are the pool's check before reuse; the reader cannot see them.) And the framing must
+        # have been plain.
+        if not feed.pieces:
+            more = Feed(data + b"X", [])
+            try:
+                again = read_answer(more.recv, head_only)
+            except BadAnswer:
+                again = None
+            assert again is None or again[3] is False, "reusable with a byte after the answer"
         heads = data.lower()
         lengths = re.findall(rb"\r\ncontent-length:([^\r]*)", heads)
         if lengths:
