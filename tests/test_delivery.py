@@ -282,23 +282,7 @@ def test_16_threads_x_5000_events_exactly_once(fast_sink: str) -> None:
 def test_a_retrying_event_does_not_hold_up_the_rest_of_its_run(
     collector: Collector, make_client: MakeClient
 ) -> None:
-    """One sender, one run of 10 events: the first gets a 500 (no Retry-After); the other 9 go
-    after one short backoff step of the route (its probe succeeds), and the first is resent."""
-    collector.fail_next(1, 500)
-    client = make_client(
-        max_concurrent_requests=1, max_batch_size=10, flush_interval=60.0, retry_max_time=10.0
-    )
-    for i in range(10):
-        client.track("u", "e", {"i": i})
-    assert collector.wait_for(10, timeout=1.5), collector.count()
-    assert client.flush(timeout=10)
-    assert sorted(e["body"]["properties"]["i"] for e in collector.events()) == list(range(10))
-    assert client.stats().destinations["opencdp"].retried == 1
-
-
-def test_retry_after_holds_the_whole_route(collector: Collector, make_client: MakeClient) -> None:
-    """A 429 with Retry-After 2 s is the gateway's rate limit: the whole route waits it out
-    (one probe after it, then the rest), no event is sent meanwhile and none spends an attempt."""
+    """One sender, one run of 10 events: the first waits out Retry-After 2 s while the other 9 go."""
     collector.rate_limit_next(1, retry_after="2")
     client = make_client(
         max_concurrent_requests=1, max_batch_size=10, flush_interval=60.0, retry_max_time=10.0
@@ -306,9 +290,9 @@ def test_retry_after_holds_the_whole_route(collector: Collector, make_client: Ma
     start = time.monotonic()
     for i in range(10):
         client.track("u", "e", {"i": i})
-    assert not collector.wait_for(1, timeout=1.5), collector.count()  # nothing during the wait
+    assert collector.wait_for(9, timeout=1.5), collector.count()
+    assert time.monotonic() - start < 1.9
     assert client.flush(timeout=10)
     assert time.monotonic() - start >= 1.9
     assert sorted(e["body"]["properties"]["i"] for e in collector.events()) == list(range(10))
-    assert len(collector.requests) == 11
     assert client.stats().destinations["opencdp"].retried == 1

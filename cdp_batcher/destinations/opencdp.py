@@ -36,7 +36,6 @@ from .._event import (
 from .._retry import NOT_SENT, RetryPolicy
 from ._base import Destination, DeviceInfo, SendControl
 from ._http import Answer, HttpTransport, TransportError
-from ._outage import PROBE_POLL, Outage
 from ._transport import PERMANENT_REASONS, clean_text
 
 __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "server_message"]
@@ -130,14 +129,13 @@ def http_error(path: str, host: str, answer: Answer, tried: Sequence[str]) -> De
 class _Retrying:
     """Retry state of one event: its backoff delays, attempts so far and when it is due."""
 
-    __slots__ = ("attempts", "delays", "due", "error", "item", "reason", "sent", "started")
+    __slots__ = ("attempts", "delays", "due", "error", "item", "reason", "started")
 
     def __init__(self, item: Item, delays: Iterator[float], started: float) -> None:
         self.item = item
         self.delays = delays
         self.started = started
         self.attempts = 0
-        self.sent = False
         self.due = started
         self.reason = ""
         self.error: BaseException = DeliveryError("not attempted")
@@ -192,9 +190,6 @@ class OpenCdpDestination(Destination):
         self._policy = policy
         self._headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self._http = HttpTransport(session, pool_size=concurrency)
-        #: The route's outage state: while it is down, one probe per backoff step (see _outage).
-        self.outage = Outage(policy, lease=timeout + 1.0)
-        self._outage_cause: tuple[str, BaseException] = ("connection_error", DeliveryError("gateway down"))
         self._lock = threading.Lock()
         self._walls: deque[float] = deque(maxlen=TIMED_REQUESTS)  # wall times of the last requests
         self._cpu = 0.0  # moving average of a request's CPU time
@@ -239,11 +234,10 @@ class OpenCdpDestination(Destination):
         retrying = [state for state in (self._attempt(item, None, ctl) for item in items) if state]
         while retrying:
             due = min(state.due for state in retrying)
-            wait = max(due - time.monotonic(), self.outage.wait_time())
+            wait = due - time.monotonic()
             if wait > 0 and not ctl.sleep(wait):  # the deadline comes first: no retry can happen
                 for state in retrying:
-                    reason, error = (state.reason, state.error) if state.sent else self._outage_cause
-                    ctl.failed((state.item,), reason, error)
+                    ctl.failed((state.item,), state.reason, state.error)
                 return
             now = time.monotonic()
             later: list[_Retrying] = []
@@ -251,6 +245,7 @@ class OpenCdpDestination(Destination):
                 if state.due > now:
                     later.append(state)
                     continue
+                ctl.retried(1)
                 again = self._attempt(state.item, state, ctl)
                 if again is not None:
                     later.append(again)
@@ -275,57 +270,25 @@ class OpenCdpDestination(Destination):
         policy = self._policy
         if state is None:
             state = _Retrying(item, policy.delays(), time.monotonic())
-        outage = self.outage
-        wait = outage.admit()
-        if wait > 0 and (state.sent or time.monotonic() - state.started + wait <= policy.max_time):
-            # The gateway is known to be down: wait for its next probe, no attempt spent. (An
-            # event never sent whose budget ends before that probe is sent once, now.)
-            return self._wait_out(state, wait, ctl)
-        if state.sent:
-            ctl.retried(1)
-        state.sent = True
-        sent_at = outage.now()
         started, cpu = time.perf_counter(), time.thread_time()
         answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
         self._timed(time.perf_counter() - started, time.thread_time() - cpu)
         if answer is not None and answer.ok:
-            outage.succeeded(sent_at)
             ctl.delivered((item,))
             return None
         assert error is not None
-        state.reason, state.error = reason, error
+        state.attempts += 1
         if reason in PERMANENT_REASONS or (
             answer is not None and not policy.is_retryable_status(answer.status)
         ):
-            if answer is not None:
-                outage.succeeded(sent_at)  # a host answered: it is the request, not the gateway
             ctl.failed((item,), reason, error)
             return None
-        if reason == "deadline":
-            ctl.failed((item,), reason, error)
-            return None
-        retry_after = answer.retry_after if answer is not None else None
-        self._outage_cause = (reason, error)
-        if outage.failed(retry_after):  # part of a known outage: the event keeps its attempts
-            return self._wait_out(state, max(outage.wait_time(), PROBE_POLL), ctl)
-        state.attempts += 1
-        delay = policy.next_delay(state.delays, retry_after)
+        delay = policy.next_delay(state.delays, answer.retry_after if answer is not None else None)
         now = time.monotonic()
         if not policy.may_retry(state.attempts, state.started, now, delay):
             ctl.failed((item,), reason, error)
             return None
-        state.due = now + delay
-        return state
-
-    def _wait_out(self, state: _Retrying, wait: float, ctl: SendControl) -> Optional[_Retrying]:
-        """Schedule an event for the gateway's next probe, or fail it when that would end past
-        its ``retry_max_time``."""
-        now = time.monotonic()
-        if (now - state.started) + wait > self._policy.max_time:
-            reason, error = (state.reason, state.error) if state.sent else self._outage_cause
-            ctl.failed((state.item,), reason, error)
-            return None
-        state.due = now + wait
+        state.due, state.reason, state.error = now + delay, reason, error
         return state
 
     def post_with_failover(
