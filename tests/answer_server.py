@@ -37,6 +37,7 @@ class Script:
         self.drip_after = drip_after
         self.close = close
         self.then = then  # bytes sent separately after the answer (stray bytes)
+        self.then_sent = threading.Event()  # set once ``then`` is in the peer's socket
 
 
 class AnswerServer:
@@ -150,6 +151,7 @@ class AnswerServer:
                 conn.sendall(script.answer[i : i + 1])
         if script.then:
             conn.sendall(script.then)
+            script.then_sent.set()
 
 
 def _content_length(head: bytes) -> int:

@@ -203,9 +203,12 @@ def test_stray_bytes_after_the_body_are_never_misread(
 ) -> None:
     """Bytes after the body: the answer counts and the next answer is not misread (the fast
     path closes the connection; http.client drops its read buffer with the answer)."""
-    server.push(Script(OK, then=b"xx") if separately else Script(OK + b"xx"))
+    script = Script(OK, then=b"xx") if separately else Script(OK + b"xx")
+    server.push(script)
     transport = make()
     assert post(transport, server.url).content == b"{}"
+    if separately:  # the stray bytes wait on the idle connection before it is reused
+        assert script.then_sent.wait(5)
     assert post(transport, server.url).content == b"{}"
     assert post(transport, server.url).content == b"{}"
     if isinstance(transport, HttpTransport) and transport.path == "fast" and not separately:
