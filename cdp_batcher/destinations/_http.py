@@ -217,10 +217,7 @@ class HttpTransport:
             adapter: Any = session.get_adapter(url)
             proxies = settings.get("proxies") or {}
             verify, cert = settings.get("verify", True), settings.get("cert")
-            if hasattr(adapter, "get_connection_with_tls_context"):
-                pool = adapter.get_connection_with_tls_context(prepared, verify, proxies=proxies, cert=cert)
-            else:  # requests < 2.32.2
-                pool = adapter.get_connection(url, proxies)
+            pool = adapter.get_connection_with_tls_context(prepared, verify, proxies=proxies, cert=cert)
             adapter.cert_verify(pool, url, verify, cert)
             target = adapter.request_url(prepared, proxies)
             proxy = requests.utils.select_proxy(url, proxies)
