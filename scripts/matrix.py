@@ -14,11 +14,17 @@ once, in ``make test``; lint and type checks too):
 After installing, the versions actually installed are read back; a floor cell whose versions
 differ from its pins fails. A cell whose interpreter cannot be found is skipped with a message;
 with ``CI`` set (``CI=true``, as CI runs) or ``--require-all`` a skipped cell fails the run. Exit
-status: 0 when every cell that ran passed (and, under CI, every cell ran), 1 otherwise.
+status: 0 when every cell that ran passed (and, under CI, every cell ran), 1 otherwise; a cell
+whose pytest exits non-zero (5: no tests collected) or passes no test has failed.
+
+The cells install at the same time (pip mostly waits on the disk and the index); their suites
+run one after the other unless ``--jobs`` says otherwise, because some timing tests assume a core
+each. Logs: ``.matrix/<cell>/install.log`` and ``.matrix/<cell>/pytest.log``.
 
     python scripts/matrix.py                  # every cell, one after the other
     python scripts/matrix.py --cells oldest   # some cells
     python scripts/matrix.py --list           # what would run, with the pins
+    python scripts/matrix.py --jobs 2         # both suites at once (faster, less reliable on 2 cores)
     python scripts/matrix.py --python 3.9=/opt/py39/bin/python3.9   # an interpreter by hand
 """
 
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -78,7 +85,8 @@ class Outcome:
         self.versions: Dict[str, str] = {}
         self.note = ""
         self.counts: Dict[str, int] = {}
-        self.seconds = 0.0
+        self.install_seconds = 0.0
+        self.test_seconds = 0.0
 
 
 # ----------------------------------------------------------------------------- the cells
@@ -247,23 +255,24 @@ def _same_version(pinned: str, installed: str) -> bool:
     return norm(pinned) == norm(installed)
 
 
-def run_cell(cell: Cell, given: Dict[str, str], must_run: bool) -> Outcome:
+def prepare(cell: Cell, given: Dict[str, str], must_run: bool) -> Tuple[Outcome, Optional[List[str]]]:
+    """Find the interpreter, make the venv and install; (the outcome, pytest's extra arguments),
+    the arguments None when the cell ends here (skipped, or failed)."""
     outcome = Outcome(cell)
     started = time.monotonic()
     try:
-        _run_cell(cell, given, must_run, outcome)
+        return outcome, _prepare(cell, given, must_run, outcome)
     finally:
-        outcome.seconds = time.monotonic() - started
-    return outcome
+        outcome.install_seconds = time.monotonic() - started
 
 
-def _run_cell(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcome) -> None:
+def _prepare(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcome) -> Optional[List[str]]:
     python, looked = find_python(cell.python, given)
     if python is None:
         outcome.result = "FAIL" if must_run else "SKIP"
         outcome.note = f"Python {cell.python} not found (looked at: {'; '.join(looked)})"
         print(f"matrix: {outcome.result} cell {cell.name}: {outcome.note}", flush=True)
-        return
+        return None
     full = _version_of(python) or cell.python
     outcome.python = full
     cell.venv.mkdir(parents=True, exist_ok=True)
@@ -273,8 +282,7 @@ def _run_cell(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcom
     if not _make_venv(cell, python, full, log):
         outcome.result, outcome.note = "FAIL", f"could not create the venv (see {log})"
         print(f"matrix: FAIL cell {cell.name}: {outcome.note}\n{_tail(log)}", flush=True)
-        return
-    log.write_text("")
+        return None
     deselect: List[str] = []
     if not _install(cell, "test,frameworks", log):
         # The framework recipes need the frameworks; the rest of the suite does not.
@@ -286,7 +294,7 @@ def _run_cell(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcom
         if not _install(cell, "test", log):
             outcome.result, outcome.note = "FAIL", f"pip install failed (see {log})"
             print(f"matrix: FAIL cell {cell.name}: {outcome.note}\n{_tail(log)}", flush=True)
-            return
+            return None
         deselect = ["--deselect", "tests/test_recipes.py"]
         outcome.note = "test_recipes.py deselected: frameworks did not install"
     outcome.versions = _installed_versions(cell)
@@ -299,13 +307,22 @@ def _run_cell(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcom
         outcome.result = "FAIL"
         outcome.note = "installed versions differ from the pins: " + (", ".join(wrong) or "unreadable")
         print(f"matrix: FAIL cell {cell.name}: {outcome.note}", flush=True)
-        return
+        return None
     shown = ", ".join(f"{n} {outcome.versions[n]}" for n in TRACKED)
-    print(f"matrix: cell {cell.name}: {shown}; running pytest -m {MARKERS!r}", flush=True)
+    print(f"matrix: cell {cell.name}: installed {shown}", flush=True)
+    return deselect
+
+
+def run_tests(outcome: Outcome, deselect: List[str]) -> Outcome:
+    """pytest in the cell's venv from the repository root; PASS needs exit 0 and a test passed."""
+    cell = outcome.cell
+    started = time.monotonic()
+    print(f"matrix: cell {cell.name}: running pytest -m {MARKERS!r}", flush=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     report = cell.venv / "pytest.log"
     argv = [str(_venv_python(cell)), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", MARKERS, *deselect]
     rc = _run_tee(argv, report, env, cell.name)
+    outcome.test_seconds = time.monotonic() - started
     summary = _last_summary(report)
     outcome.counts = {kind: int(n) for n, kind in _COUNTS.findall(summary)}
     if rc == 0 and outcome.counts.get("passed", 0) > 0:
@@ -315,6 +332,7 @@ def _run_cell(cell: Cell, given: Dict[str, str], must_run: bool, outcome: Outcom
         why = {5: "pytest collected no tests (exit 5)", 124: f"timed out after {CELL_TIMEOUT} s"}
         outcome.note = why.get(rc, f"pytest exit {rc}" if rc else "no test passed")
     print(f"matrix: {outcome.result} cell {cell.name}: {summary or outcome.note}", flush=True)
+    return outcome
 
 
 def _run_tee(argv: List[str], log: Path, env: Dict[str, str], name: str) -> int:
@@ -361,7 +379,7 @@ def _last_summary(log: Path) -> str:
 
 
 def table(outcomes: List[Outcome]) -> str:
-    head = ["cell", "python", *TRACKED, "result", "tests", "seconds"]
+    head = ["cell", "python", *TRACKED, "result", "tests", "install s", "tests s"]
     rows = [head]
     for o in outcomes:
         tests = ", ".join(f"{n} {k}" for k, n in o.counts.items()) if o.counts else o.note
@@ -372,7 +390,8 @@ def table(outcomes: List[Outcome]) -> str:
                 *(o.versions.get(n, "-") for n in TRACKED),
                 o.result,
                 tests,
-                f"{o.seconds:.0f}",
+                f"{o.install_seconds:.0f}",
+                f"{o.test_seconds:.0f}",
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -389,6 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--python", action="append", default=[], metavar="X.Y=PATH", help="the interpreter for X.Y"
     )
+    parser.add_argument("--jobs", type=int, default=1, help="cells whose suites run at once (default 1)")
     parser.add_argument(
         "--require-all", action="store_true", help="a missing interpreter fails (default under CI)"
     )
@@ -409,7 +429,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     on_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
     must_run = args.require_all or on_ci
     started = time.monotonic()
-    outcomes = [run_cell(cell, given, must_run) for cell in chosen]
+    # Installing is mostly waiting on pip: every cell installs at once. The suites run one at a
+    # time by default (--jobs): several timing tests assume a core to themselves.
+    with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+        prepared = list(pool.map(lambda cell: prepare(cell, given, must_run), chosen))
+    ready = [(outcome, extra) for outcome, extra in prepared if extra is not None]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(lambda item: run_tests(*item), ready))
+    outcomes = [outcome for outcome, _ in prepared]
     print(f"\nmatrix: {len(outcomes)} cell(s) in {time.monotonic() - started:.0f} s\n{table(outcomes)}")
     skipped = [o for o in outcomes if o.result == "SKIP"]
     failed = [o for o in outcomes if o.result == "FAIL"]

@@ -122,6 +122,15 @@ def test_files_are_named_for_the_one_version(dist: Dist) -> None:
     assert dist.wheel.name == f"cdp_batcher-{__version__}-py3-none-any.whl"
 
 
+def test_changelog_has_an_entry_for_this_version() -> None:
+    """CHANGELOG.md has a section for the version in _version.py: ``## [X.Y.Z]`` once released,
+    until then the ``Unreleased`` section saying it will be X.Y.Z."""
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    released = re.search(rf"^## \[{re.escape(__version__)}\]", text, re.M)
+    unreleased = re.search(r"^## \[Unreleased\]\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert released or (unreleased and f"will be {__version__}" in unreleased.group(1))
+
+
 def test_wheel_carries_every_module_and_py_typed(dist: Dist) -> None:
     """Every module of the package (subpackages too) and the ``py.typed`` marker; no tests."""
     with zipfile.ZipFile(dist.wheel) as wheel:
