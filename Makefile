@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench stress clean venv import-check
+.PHONY: demo test lint typecheck unit bench stress clean venv import-check matrix dist
 
 venv: $(STAMP)
 
@@ -26,6 +26,19 @@ unit: $(STAMP)
 	$(PY) -m pytest
 
 test: lint unit
+
+# The version matrix (scripts/matrix.py, standard library only): the suite on the oldest Python
+# with every runtime dependency at its floor, and on the newest Python with the newest releases.
+# Venvs under .matrix/; MATRIX_ARGS="--cells oldest" or "--jobs 2" to change what runs.
+matrix:
+	$(PYTHON) scripts/matrix.py $(MATRIX_ARGS)
+
+# The sdist and the wheel in dist/, from a tree without earlier build output (a stale
+# *.egg-info/SOURCES.txt would add its files to the sdist), checked by twine.
+dist: $(STAMP)
+	rm -rf build dist *.egg-info
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
 
 # The benchmark gets its own venv: the comparison libraries never enter .venv.
 BENCH_VENV := .bench/venv
@@ -50,4 +63,4 @@ import-check: $(STAMP)
 	$(PY) scripts/import_check.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) .matrix build dist *.egg-info
