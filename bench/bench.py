@@ -125,6 +125,28 @@ class CdpLib(Lib):
         return self.client.stats().destinations["opencdp"].queued
 
 
+class CdpDualLib(CdpLib):
+    """Dual-write: OpenCDP and Customer.io (batch route) both on the sink."""
+
+    name = "cdp_batcher (dual-write)"
+
+    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+        from cdp_batcher import CDPClient, CustomerIoConfig
+
+        self.client = CDPClient(
+            cdp_api_key=API_KEY,
+            cdp_endpoint=url,
+            cdp_fallback_endpoints=[],
+            max_queue_size=queue_size,
+            max_queue_bytes=512 * 1024 * 1024,
+            max_concurrent_requests=self.concurrency,
+            send=send,
+            send_to_customer_io=True,
+            customer_io=CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
+        )
+        self.track = self.client.track
+
+
 class CdpCioLib(CdpLib):
     """The Customer.io batch route alone: the OpenCDP destination is a no-op in this process."""
 
@@ -216,6 +238,7 @@ class PosthogLib(Lib):
 LIBS: dict[str, type[Lib]] = {
     "cdp": CdpLib,
     "cdp_cio": CdpCioLib,
+    "cdp_dual": CdpDualLib,
     "segment": SegmentLib,
     "posthog": PosthogLib,
 }
