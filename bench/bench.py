@@ -653,7 +653,8 @@ class HostApp:
         self.runner = runner
         self.seconds = seconds
         self.say = say
-        self.wrk = shutil.which("wrk")
+        # BENCH_LOADGEN=python: the Python load generator even where wrk is installed
+        self.wrk = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
         fd, self._script = tempfile.mkstemp(suffix=".lua")
         with os.fdopen(fd, "w") as f:
             f.write(_WRK_SCRIPT)
@@ -1008,7 +1009,7 @@ def host_targets(results: dict[str, Any]) -> list[str]:
                 if "p99_us" in got and "p99_us" in base and peers_added:
                     added, best = got["p99_us"] - base["p99_us"], min(peers_added)
                     ok = added <= 0 or (best > 0 and added * 5 <= best)
-                    figure = f"+{_fmt(added)} vs +{_fmt(best)} µs"
+                    figure = f"{added:+,.0f} vs {best:+,.0f} µs"
                     mark = "yes" if ok else "NO"
                 else:
                     figure, mark = "—", ""
