@@ -737,7 +737,8 @@ class HostApp:
                     results[f"host/{server}/{tracker}"] = {"error": str(exc)}
                     continue
                 try:
-                    self.load(url, "/track/1" if tracker != "none" else "/track/0", connections, 1)  # warm
+                    for _ in range(50):  # warm: first requests, the library's threads and connections
+                        _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
                     plan = (
                         [(0.0, 0)]
                         if tracker == "none"
