@@ -25,6 +25,11 @@ class DestinationStats:
 
     Invariant: ``enqueued == delivered + sum(failed) + sum(dropped) + queued + in_flight``.
 
+    ``stalls`` counts the times events waited with no delivery attempt for
+    ``max(5 s, 10 x flush_interval)`` (each logged once as an ERROR naming the likely causes);
+    ``queued_bytes`` is the encoded size of what is queued; ``last_delivery_age`` the seconds since
+    an event was last delivered (None before the first).
+
     >>> s = client.stats().destinations["opencdp"]  # doctest: +SKIP
     >>> s.enqueued == s.delivered + s.failed_total + s.dropped_total + s.queued + s.in_flight  # doctest: +SKIP
     True
@@ -37,6 +42,9 @@ class DestinationStats:
     retried: int
     queued: int
     in_flight: int
+    stalls: int = 0
+    queued_bytes: int = 0
+    last_delivery_age: Optional[float] = None
 
     @property
     def failed_total(self) -> int:
@@ -55,6 +63,9 @@ class DestinationStats:
             "retried": self.retried,
             "queued": self.queued,
             "in_flight": self.in_flight,
+            "stalls": self.stalls,
+            "queued_bytes": self.queued_bytes,
+            "last_delivery_age": self.last_delivery_age,
         }
 
 
