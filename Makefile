@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench stress clean venv import-check matrix dist
+.PHONY: demo test lint typecheck unit bench bench-host stress clean venv import-check matrix dist
 
 venv: $(STAMP)
 
@@ -51,8 +51,22 @@ $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	$(BENCH_PY) -m pip install -q -e . -r bench/requirements.txt
 	touch $(BENCH_STAMP)
 
+# The host-app rows load the app with wrk (Debian's package, installed here when root has apt-get);
+# without it bench.py uses its Python load generator in another process. BENCH_ARGS: e.g. --quick.
+WRK_OR_FALLBACK = command -v wrk >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	     && { apt-get install -y -q wrk >/dev/null 2>&1 \
+	          || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } \
+	|| echo "make bench: wrk not available; the host-app rows use bench.py's Python load generator"
+
 bench: $(BENCH_STAMP)
-	$(BENCH_PY) bench/bench.py
+	@$(WRK_OR_FALLBACK)
+	$(BENCH_PY) bench/bench.py $(BENCH_ARGS)
+
+# Only the host-app rows (gunicorn + Flask under a bounded load; about two minutes).
+bench-host: $(BENCH_STAMP)
+	@$(WRK_OR_FALLBACK)
+	$(BENCH_PY) bench/bench.py --host-app-only $(BENCH_ARGS)
 
 # 32 producers for 10 s against a collector flipping between healthy and failing (make test runs 3 s).
 stress: $(STAMP)

@@ -15,6 +15,7 @@ A child is ``python bench/bench.py child '<json spec>'``; it prints one JSON lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import http.client
@@ -22,10 +23,14 @@ import json
 import os
 import platform
 import resource
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -125,6 +130,28 @@ class CdpLib(Lib):
         return self.client.stats().destinations["opencdp"].queued
 
 
+class CdpDualLib(CdpLib):
+    """Dual-write: OpenCDP and Customer.io (batch route) both on the sink."""
+
+    name = "cdp_batcher (dual-write)"
+
+    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+        from cdp_batcher import CDPClient, CustomerIoConfig
+
+        self.client = CDPClient(
+            cdp_api_key=API_KEY,
+            cdp_endpoint=url,
+            cdp_fallback_endpoints=[],
+            max_queue_size=queue_size,
+            max_queue_bytes=512 * 1024 * 1024,
+            max_concurrent_requests=self.concurrency,
+            send=send,
+            send_to_customer_io=True,
+            customer_io=CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
+        )
+        self.track = self.client.track
+
+
 class CdpCioLib(CdpLib):
     """The Customer.io batch route alone: the OpenCDP destination is a no-op in this process."""
 
@@ -216,6 +243,7 @@ class PosthogLib(Lib):
 LIBS: dict[str, type[Lib]] = {
     "cdp": CdpLib,
     "cdp_cio": CdpCioLib,
+    "cdp_dual": CdpDualLib,
     "segment": SegmentLib,
     "posthog": PosthogLib,
 }
@@ -373,12 +401,68 @@ def child_latency(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_load(spec: dict[str, Any]) -> dict[str, Any]:
+    """The host-app load generator when wrk is missing: ``connections`` threads, each a closed
+    loop of GETs on its own connection (reopened when the server closes it), for ``seconds``."""
+    host, port = spec["url"].split("//", 1)[1].split(":")
+    path, seconds, connections = spec["path"], spec["seconds"], spec["connections"]
+    pause = spec.get("pause", 0.0)
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors = [0] * connections
+    deadline = time.perf_counter() + seconds
+
+    def run(k: int) -> None:
+        conn: Optional[http.client.HTTPConnection] = None
+        out = latencies[k]
+        clock = time.perf_counter
+        while clock() < deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                t0 = clock()
+                conn.request("GET", path)
+                answer = conn.getresponse()
+                answer.read()
+                out.append(clock() - t0)
+                if answer.will_close:
+                    conn.close()
+                    conn = None
+                if pause:
+                    time.sleep(pause)
+            except (OSError, http.client.HTTPException):
+                errors[k] += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    every = sorted(x for out in latencies for x in out)
+    if not every:
+        return {"error": "no answer from the host app"}
+    return {
+        "requests": len(every),
+        "rps": len(every) / elapsed,
+        "p50_us": every[len(every) // 2] * 1e6,
+        "p99_us": every[max(0, int(len(every) * 0.99) - 1)] * 1e6,
+        "errors": sum(errors),
+    }
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "caller": child_caller,
     "throughput": child_throughput,
     "raw": child_raw,
     "memory": child_memory,
     "latency": child_latency,
+    "load": child_load,
 }
 
 
@@ -452,57 +536,251 @@ def _ceilings(sink: Sink, quick: bool) -> dict[str, float]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"load": {"start": _load()}}
+    say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
     with Sink(procs=args.sink_procs) as sink:
         runner = Runner(sink, args.quick, args.verbose)
-        say = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
-        say("ceilings")
-        results["ceiling"] = _ceilings(sink, args.quick)
-        requests0, _ = sink.totals()
-        cpu0 = sink.cpu_seconds()
-
-        say(f"caller cost (best of {CALLER_REPEATS} runs per figure, alternating)")
-        calls = [("caller", lib, {}) for lib in ("cdp", "segment", "posthog")]
-        calls += [("caller_nosend", lib, {"send": False}) for lib in ("cdp", "segment")]
-        for _ in range(CALLER_REPEATS):
-            for key, lib, extra in calls:
-                got = runner.run("caller", lib, runner.n(100_000), **extra)
-                best = results.setdefault(f"{key}/{lib}", got)
-                for field in ("median_ns", "p99_ns", "max_ns", "harness_ns"):
-                    if field in got and field in best:
-                        best[field] = min(best[field], got[field])
-
-        say(f"throughput (best of {REPEATS}, alternating)")
-        per_event, batched = runner.n(20_000), runner.n(200_000)
-        plan = [
-            ("throughput/raw", "raw", "raw", per_event, {}),
-            ("throughput/cdp", "throughput", "cdp", per_event, {}),
-            ("batch/raw", "raw", "raw", batched, {"batch": 100}),
-            ("batch/cdp_cio", "throughput", "cdp_cio", batched, {}),
-        ]
-        for _ in range(REPEATS):
-            for key, test, lib, n, extra in plan:
-                got = runner.run(test, lib, n, **extra)
-                if got.get("events_s", 0) >= results.get(key, {}).get("events_s", 0):
-                    results[key] = got
-        results["batch/segment"] = runner.run("throughput", "segment", runner.n(50_000))
-        results["batch/posthog"] = runner.run("throughput", "posthog", runner.n(50_000))
-        requests1, _ = sink.totals()
-        cpu1 = sink.cpu_seconds()
-        results["sink_cpu_us_per_request"] = (cpu1 - cpu0) / max(1, requests1 - requests0) * 1e6
-
-        say("memory (sink unreachable)")
-        dead = f"http://127.0.0.1:{_free_port()}"
-        for lib in ("cdp", "segment", "posthog"):
-            results[f"memory/{lib}"] = runner.run("memory", lib, runner.n(100_000), url=dead)
-
-        say(f"latency ({LATENCY * 1000:.0f} ms per request at the sink)")
-        sink.set_delay(LATENCY)
-        results["latency/cdp"] = runner.run("latency", "cdp", 600 if not args.quick else 200)
-        results["latency/segment"] = runner.run("latency", "segment", 3_000 if not args.quick else 1_000)
-        results["latency/posthog"] = runner.run("latency", "posthog", 3_000 if not args.quick else 1_000)
-        sink.set_delay(0.0)
+        if not args.host_app_only:
+            measure_library(args, sink, runner, say, results)
+        if not args.no_host_app:
+            results.update(measure_host(args, sink, runner, say))
     results["load"]["end"] = _load()
     return results
+
+
+def measure_library(
+    args: argparse.Namespace, sink: Sink, runner: Runner, say: Callable[[str], None], results: dict[str, Any]
+) -> None:
+    """The library rows: caller cost, delivery throughput, memory, latency-bound delivery."""
+    say("ceilings")
+    results["ceiling"] = _ceilings(sink, args.quick)
+    requests0, _ = sink.totals()
+    cpu0 = sink.cpu_seconds()
+
+    say(f"caller cost (best of {CALLER_REPEATS} runs per figure, alternating)")
+    calls = [("caller", lib, {}) for lib in ("cdp", "cdp_dual", "segment", "posthog")]
+    calls += [("caller_nosend", lib, {"send": False}) for lib in ("cdp", "segment")]
+    for _ in range(CALLER_REPEATS):
+        for key, lib, extra in calls:
+            got = runner.run("caller", lib, runner.n(100_000), **extra)
+            best = results.setdefault(f"{key}/{lib}", got)
+            for field in ("median_ns", "p99_ns", "max_ns", "harness_ns"):
+                if field in got and field in best:
+                    best[field] = min(best[field], got[field])
+
+    say(f"throughput (best of {REPEATS}, alternating)")
+    per_event, batched = runner.n(20_000), runner.n(200_000)
+    plan = [
+        ("throughput/raw", "raw", "raw", per_event, {}),
+        ("throughput/cdp", "throughput", "cdp", per_event, {}),
+        ("batch/raw", "raw", "raw", batched, {"batch": 100}),
+        ("batch/cdp_cio", "throughput", "cdp_cio", batched, {}),
+    ]
+    for _ in range(REPEATS):
+        for key, test, lib, n, extra in plan:
+            got = runner.run(test, lib, n, **extra)
+            if got.get("events_s", 0) >= results.get(key, {}).get("events_s", 0):
+                results[key] = got
+    results["batch/segment"] = runner.run("throughput", "segment", runner.n(50_000))
+    results["batch/posthog"] = runner.run("throughput", "posthog", runner.n(50_000))
+    requests1, _ = sink.totals()
+    cpu1 = sink.cpu_seconds()
+    results["sink_cpu_us_per_request"] = (cpu1 - cpu0) / max(1, requests1 - requests0) * 1e6
+
+    say("memory (sink unreachable)")
+    dead = f"http://127.0.0.1:{_free_port()}"
+    for lib in ("cdp", "cdp_dual", "segment", "posthog"):
+        results[f"memory/{lib}"] = runner.run("memory", lib, runner.n(100_000), url=dead)
+
+    say(f"latency ({LATENCY * 1000:.0f} ms per request at the sink)")
+    sink.set_delay(LATENCY)
+    results["latency/cdp"] = runner.run("latency", "cdp", 600 if not args.quick else 200)
+    results["latency/segment"] = runner.run("latency", "segment", 3_000 if not args.quick else 1_000)
+    results["latency/posthog"] = runner.run("latency", "posthog", 3_000 if not args.quick else 1_000)
+    sink.set_delay(0.0)
+
+
+# ------------------------------------------------------------------------------------- host app
+#: The host-app rows: bench/host_app.py (the Flask recipe's shape) under gunicorn, loaded by wrk.
+HOST_TRACKERS = ("cdp", "cdp_dual", "posthog", "segment")
+#: gunicorn arguments and the load generator's connections (one per worker thread: no queueing
+#: in front of the app, so latency is the request's own time and what tracking adds to it).
+HOST_SERVERS: dict[str, tuple[list[str], int]] = {
+    "sync": (["-k", "sync", "-w", "2"], 2),
+    "gthread": (["-k", "gthread", "-w", "2", "--threads", "4"], 8),
+}
+HOST_CALLS = (1, 10)
+#: The bounded load: each connection waits so that all together offer at most this many
+#: requests/s (wrk's delay() hook; the Python generator sleeps likewise), well under what the
+#: app serves without tracking, so that what tracking costs shows as latency and CPU time.
+HOST_RATE = 400
+_WRK_SCRIPT = """
+local pause = tonumber(os.getenv("BENCH_PAUSE_MS") or "0")
+delay = function()
+  return pause
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) of every process in session ``sid`` (gunicorn's arbiter and
+    workers, started in a session of their own); Linux /proc, else 0.0."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class HostApp:
+    """Start the host app under gunicorn per (server, tracker), load it, read requests/s and latency."""
+
+    def __init__(self, sink: Sink, runner: Runner, seconds: int, say: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.runner = runner
+        self.seconds = seconds
+        self.say = say
+        # BENCH_LOADGEN=python: the Python load generator even where wrk is installed
+        self.wrk = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
+        fd, self._script = tempfile.mkstemp(suffix=".lua")
+        with os.fdopen(fd, "w") as f:
+            f.write(_WRK_SCRIPT)
+
+    @property
+    def generator(self) -> str:
+        return "wrk (1 thread)" if self.wrk else "Python load generator (bench.py child_load, threads)"
+
+    def close(self) -> None:
+        os.unlink(self._script)
+
+    def start(self, server: str, tracker: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = _free_port()
+        env = dict(self.runner.env, BENCH_TRACKER=tracker, BENCH_SINK=self.sink.url)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        cmd = [sys.executable, "-m", "gunicorn", "--chdir", str(HERE), "-b", f"127.0.0.1:{port}"]
+        cmd += [*HOST_SERVERS[server][0], "--graceful-timeout", "3", "--log-level", "warning", "host_app:app"]
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                for _ in range(4):  # reach both workers, most likely
+                    _get(url, "/track/0", timeout=2)
+                return proc, url
+            except (OSError, ValueError, http.client.HTTPException):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop(proc)
+        raise RuntimeError(f"the host app ({server}, {tracker}) did not start")
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(4)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the arbiter's session: its workers too
+        proc.wait()
+
+    def load(self, url: str, path: str, connections: int, seconds: int) -> dict[str, Any]:
+        pause_ms = connections * 1000 // HOST_RATE
+        if self.wrk:
+            cmd = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+            cmd += ["-s", self._script, url + path]
+            env = dict(os.environ, BENCH_PAUSE_MS=str(pause_ms))
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, env=env).stdout
+            line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
+            if line is None:
+                return {"error": f"wrk printed no result: {out.strip()[-200:]}"}
+            got: dict[str, Any] = json.loads(line[4:])
+            got["rps"] = got["requests"] / (got["duration_us"] / 1e6)
+            return got
+        spec = {"path": path, "seconds": seconds, "connections": connections, "pause": pause_ms / 1000}
+        return self.runner.run("load", "none", 0, url=url, **spec)
+
+    def quiesce(self, limit: float = 2.0) -> None:
+        """Wait (at most ``limit``) until the sink's event count stops moving: the previous
+        run's backlog should not be delivered during the next run."""
+        deadline = time.monotonic() + limit
+        last = _sink_events(self.sink.url)
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = _sink_events(self.sink.url)
+            if now == last:
+                return
+            last = now
+
+    def measure(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for server, (_, connections) in HOST_SERVERS.items():
+            # no tracking first and last: the better of the two is the baseline
+            for tracker in ("none", *HOST_TRACKERS, "none"):
+                self.sink.set_delay(0.0)
+                try:
+                    proc, url = self.start(server, tracker)
+                except RuntimeError as exc:
+                    results[f"host/{server}/{tracker}"] = {"error": str(exc)}
+                    continue
+                try:
+                    for _ in range(50):  # warm: first requests, the library's threads and connections
+                        _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
+                    plan = (
+                        [(0.0, 0)]
+                        if tracker == "none"
+                        else [(d, n) for d in (0.0, LATENCY) for n in HOST_CALLS]
+                    )
+                    for delay, calls in plan:
+                        self.sink.set_delay(delay)
+                        self.quiesce()
+                        cpu0 = _session_cpu(proc.pid)
+                        got = self.load(url, f"/track/{calls}", connections, self.seconds)
+                        if got.get("requests"):
+                            got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
+                        key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
+                        if tracker == "none" and key in results and "rps" in results[key] and "rps" in got:
+                            first = results[key]
+                            got = {
+                                **got,
+                                "rps": max(first["rps"], got["rps"]),
+                                "p50_us": min(first["p50_us"], got["p50_us"]),
+                                "p99_us": min(first["p99_us"], got["p99_us"]),
+                                "cpu_us": min(first.get("cpu_us", 1e9), got.get("cpu_us", 1e9)),
+                                "runs": 2,
+                            }
+                        results[key] = got
+                        self.say(f"  {key:<28} {got}")
+                finally:
+                    self.sink.set_delay(0.0)
+                    self.stop(proc)
+        return results
+
+
+def measure_host(
+    args: argparse.Namespace, sink: Sink, runner: Runner, say: Callable[[str], None]
+) -> dict[str, Any]:
+    host = HostApp(sink, runner, 1 if args.quick else 2, say)
+    try:
+        say(f"host app: gunicorn + Flask, {host.generator}")
+        results = host.measure()
+        results["host/generator"] = host.generator
+        return results
+    finally:
+        host.close()
 
 
 def _load() -> str:
@@ -644,6 +922,112 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def dual_table(results: dict[str, Any]) -> list[str]:
+    """Dual-write (OpenCDP + Customer.io) against OpenCDP alone, from the same run."""
+    us = 1e-3
+    rows = [
+        ("track() µs/call, median", "caller", "median_ns", us, 1.6),
+        ("track() µs/call, p99 chunk", "caller", "p99_ns", us, 1.6),
+        ("bytes per queued event (RSS)", "memory", "bytes_per_event", 1.0, 1.8),
+    ]
+    head = f"{'dual-write figure':<31}{'single':>12}{'dual-write':>12}{'dual/single':>13}  {'target':<18}{'met':<4}"
+    lines = [head, "-" * len(head)]
+    for label, test, field, scale, limit in rows:
+        single = _val(results, f"{test}/cdp", field, scale)
+        dual = _val(results, f"{test}/cdp_dual", field, scale)
+        ratio = None if not (single and dual) else dual / single
+        mark = "" if ratio is None else ("yes" if ratio <= limit else "NO")
+        lines.append(
+            f"{label:<31}{_fmt(single):>12}{_fmt(dual):>12}{_fmt(ratio):>13}  {f'≤ {limit}x single':<18}{mark:<4}".rstrip()
+        )
+    return lines
+
+
+HOST_LIBS = (
+    ("cdp", "cdp_batcher"),
+    ("cdp_dual", "cdp_batcher dual"),
+    ("posthog", "posthog"),
+    ("segment", "segment"),
+)
+
+
+def host_table(results: dict[str, Any]) -> list[str]:
+    """One row per (server, gateway, calls per request, library): requests/s, p50, p99 and the
+    app's CPU per request, each with its ratio to the same server without tracking."""
+    head = (
+        f"{'server':<8}{'gateway':<9}{'calls':>5}  {'library':<18}{'req/s':>7}{'x':>6}"
+        f"{'p50 µs':>9}{'x':>6}{'p99 µs':>9}{'x':>6}{'CPU µs/req':>12}{'x':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    fields = (("rps", 7), ("p50_us", 9), ("p99_us", 9), ("cpu_us", 12))
+
+    def line(
+        server: str, gateway: str, calls: str, name: str, got: dict[str, Any], base: dict[str, Any]
+    ) -> str:
+        text = f"{server:<8}{gateway:<9}{calls:>5}  {name:<18}"
+        for field, width in fields:
+            value, ref = got.get(field), base.get(field)
+            text += f"{_fmt(value):>{width}}"
+            text += (
+                f"{_fmt(value / ref) if value is not None and ref else '—':>6}"
+                if got is not base
+                else f"{'':>6}"
+            )
+        return text.rstrip()
+
+    for server in HOST_SERVERS:
+        base = results.get(f"host/{server}/none") or {}
+        if "error" in base:
+            lines.append(f"{server:<8}no tracking: {base['error']}")
+        lines.append(line(server, "—", "0", "no tracking", base, base))
+        for delay in (0, int(LATENCY * 1000)):
+            gateway = "loopback" if delay == 0 else f"+{delay} ms"
+            for calls in HOST_CALLS:
+                for key, name in HOST_LIBS:
+                    got = results.get(f"host/{server}/{key}/{calls}/{delay}") or {}
+                    if "error" in got:
+                        lines.append(f"{server:<8}{gateway:<9}{calls:>5}  {name:<18}{got['error']}")
+                    else:
+                        lines.append(line(server, gateway, str(calls), name, got, base))
+    return lines
+
+
+def host_targets(results: dict[str, Any]) -> list[str]:
+    """The host-app targets: p99 added at ten calls per request, requests/s at one."""
+    head = f"{'host-app target':<66}{'figure':>26}  {'met':<4}"
+    lines = [head, "-" * len(head)]
+    for server in HOST_SERVERS:
+        base = results.get(f"host/{server}/none") or {}
+        for delay in (0, int(LATENCY * 1000)):
+            gateway = "loopback" if delay == 0 else f"+{delay} ms"
+            for key, name in HOST_LIBS[:2]:
+                got = results.get(f"host/{server}/{key}/10/{delay}") or {}
+                peers = [
+                    (results.get(f"host/{server}/{p}/10/{delay}") or {}).get("p99_us")
+                    for p in ("posthog", "segment")
+                ]
+                peers_added = [p - base["p99_us"] for p in peers if p is not None and "p99_us" in base]
+                if "p99_us" in got and "p99_us" in base and peers_added:
+                    added, best = got["p99_us"] - base["p99_us"], min(peers_added)
+                    ok = added <= 0 or (best > 0 and added * 5 <= best)
+                    figure = f"{added:+,.0f} vs {best:+,.0f} µs"
+                    mark = "yes" if ok else "NO"
+                else:
+                    figure, mark = "—", ""
+                label = f"{name} p99 added, 10 calls, {server} {gateway}: ≤ 1/5 peer"
+                lines.append(f"{label:<66}{figure:>26}  {mark:<4}".rstrip())
+            for key, name in HOST_LIBS[:2]:
+                got = results.get(f"host/{server}/{key}/1/{delay}") or {}
+                if "rps" in got and base.get("rps"):
+                    ratio = got["rps"] / base["rps"]
+                    figure, mark = f"{ratio:.3f} of no tracking", "yes" if ratio >= 0.95 else "NO"
+                else:
+                    figure, mark = "—", ""
+                label = f"{name} req/s, 1 call, {server} {gateway}: ≥ 0.95"
+                lines.append(f"{label:<66}{figure:>26}  {mark:<4}".rstrip())
+    return lines
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -680,9 +1064,22 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
         f"(pipelined single-event POSTs; the package's Collector: {_fmt(ceiling.get('collector'))} req/s); "
         f"{_fmt(results.get('sink_cpu_us_per_request'))} µs sink CPU per request during the runs",
         "",
-        *table(results),
-        "",
     ]
+    if "caller/cdp" in results:
+        lines += [*table(results), "", *dual_table(results), ""]
+    host = [k for k in results if k.startswith("host/")]
+    if host:
+        lines += [
+            f"host app: bench/host_app.py (Flask) under gunicorn (sync: -w 2, 2 connections; gthread: -w 2 "
+            f"--threads 4, 8 connections), {results.get('host/generator', '?')}, at most {HOST_RATE} req/s "
+            "offered; x = ratio to the same server without tracking; CPU = the app's processes (workers "
+            "and their tracking threads), not the sink's",
+            "",
+            *host_table(results),
+            "",
+            *host_targets(results),
+            "",
+        ]
     notes = []
     harness = _val(results, "caller/cdp", "harness_ns", 1e-3)
     if harness is not None:
@@ -691,15 +1088,20 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
             "measured with a no-op call); 100 chunks of 1,000 calls after 1,000 warm-up calls and a "
             f"gc.collect(); each figure the best of {CALLER_REPEATS} runs; throughput the best of {REPEATS}."
         )
-    notes.append(
-        "per-event: OpenCDP route (up to 10 requests in flight, adaptive) vs raw = one keep-alive http.client connection "
-        "posting pre-encoded bodies; batch: Customer.io route (OpenCDP replaced by a no-op) vs "
-        "segment/posthog batches vs raw 100-entry bodies; CPU = process CPU time / events delivered."
-    )
-    mem = [f"{k}: {results.get(f'memory/{k}', {}).get('queued', '?')}" for k in ("cdp", "segment", "posthog")]
-    notes.append(
-        "memory: 100,000 calls while the sink port is closed; events still queued: " + ", ".join(mem)
-    )
+    if "throughput/cdp" in results:
+        notes.append(
+            "per-event: OpenCDP route (up to 10 requests in flight, adaptive) vs raw = one keep-alive http.client "
+            "connection posting pre-encoded bodies; batch: Customer.io route (OpenCDP replaced by a no-op) vs "
+            "segment/posthog batches vs raw 100-entry bodies; CPU = process CPU time / events delivered."
+        )
+    if "memory/cdp" in results:
+        mem = [
+            f"{k}: {results.get(f'memory/{k}', {}).get('queued', '?')}"
+            for k in ("cdp", "cdp_dual", "segment", "posthog")
+        ]
+        notes.append(
+            "memory: 100,000 calls while the sink port is closed; events still queued: " + ", ".join(mem)
+        )
     lat = results.get("latency/cdp", {})
     if "rtt_ms" in lat:
         parts = []
@@ -728,6 +1130,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--sink-procs", type=int, default=1, help="sink worker processes (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each child's result")
+    parser.add_argument(
+        "--host-app-only", action="store_true", help="only the host-app rows (gunicorn + wrk)"
+    )
+    parser.add_argument("--no-host-app", action="store_true", help="skip the host-app rows")
     args = parser.parse_args()
     started = time.monotonic()
     results = measure(args)

@@ -27,6 +27,7 @@ from ._event import (
     OpenCdpIdentify,
     OpenCdpTrack,
     Raw,
+    Record,
     check_event_name,
     check_identifier,
     check_properties,
@@ -35,6 +36,7 @@ from ._event import (
     encode_properties,
     looks_like_email,
     serialization_error,
+    ulid_value,
 )
 from ._retry import RetryPolicy
 from ._stats import DeliveryReport, DestinationReport, Stats
@@ -66,8 +68,9 @@ _live_clients: weakref.WeakSet[CDPClient] = weakref.WeakSet()
 #: it is copied to an exact-size object: about 70 bytes less per queued event for about 50 ns.
 _exact = b"".join
 
-#: The dual-write fast path, per destination: (encode_track, encode_identify, queue put, entry limit).
-_FanOut = tuple[Callable[..., bytes], Callable[..., bytes], Callable[[Item], bool], Optional[int]]
+#: The dual-write fast path: (the put for both queues, the record destination's record limit
+#: for track, for identify). One encoding, the OpenCDP body; the other queue gets it as a Record.
+_Dual = tuple[Callable[[Item, Record], None], int, int]
 
 
 def _after_fork_in_child() -> None:
@@ -216,7 +219,7 @@ class CDPClient:
         self._shutdown_report: Optional[DeliveryReport] = None
         self._warned: set[str] = set()
         self._fast_put: Optional[Callable[[Item], bool]] = None
-        self._fast_fan: Optional[tuple[_FanOut, ...]] = None
+        self._fast_dual: Optional[_Dual] = None
         self._set_fast_path()
         _live_clients.add(self)
         self._atexit_hook = functools.partial(_atexit_shutdown, weakref.ref(self))
@@ -245,15 +248,12 @@ class CDPClient:
         cfg = self._cfg
         simple = len(self._routes) == 1 and cfg.send and not cfg.sync_mode and not self._closed
         self._fast_put = self._routes[0].put if simple else None
-        fan = len(self._routes) > 1 and cfg.send and not cfg.sync_mode and not self._closed
-        self._fast_fan = (
-            tuple(
-                (r.dest.encode_track, r.dest.encode_identify, r.put, r.dest.max_entry_bytes)
-                for r in self._routes
-            )
-            if fan
-            else None
-        )
+        dual = len(self._routes) == 2 and cfg.send and not cfg.sync_mode and not self._closed
+        other = self._routes[-1]
+        self._fast_dual = None
+        if dual and other.dest.takes_records:
+            put_pair = self._routes[0].pair_with(other)  # before any thread uses the routes
+            self._fast_dual = (put_pair, other.dest.record_limit(TRACK), other.dest.record_limit(IDENTIFY))
 
     def __repr__(self) -> str:
         names = ", ".join(r.name for r in self._routes)
@@ -289,10 +289,16 @@ class CDPClient:
                 raise serialization_error(properties, "properties", exc) from None
             put((TRACK, _exact((body, b""))))
             return
-        fan = self._fast_fan
-        if fan is not None:
-            self._fan_out(fan, TRACK, identifier, event_name, properties)
-            return
+        dual = self._fast_dual
+        if dual is not None:
+            try:
+                body = encode(OpenCdpTrack(identifier, event_name, properties))
+            except Exception as exc:
+                raise serialization_error(properties, "properties", exc) from None
+            if len(body) <= dual[1]:
+                body = _exact((body, b""))
+                dual[0]((TRACK, body), (TRACK, body, ulid_value()))
+                return
         self._route_call(TRACK, identifier, event_name, properties)
 
     def identify(self, identifier: str, properties: Optional[Mapping[str, Any]] = None) -> None:
@@ -318,10 +324,16 @@ class CDPClient:
                 raise serialization_error(properties, "properties", exc) from None
             put((IDENTIFY, _exact((body, b""))))
             return
-        fan = self._fast_fan
-        if fan is not None:
-            self._fan_out(fan, IDENTIFY, identifier, None, properties)
-            return
+        dual = self._fast_dual
+        if dual is not None:
+            try:
+                body = encode(OpenCdpIdentify(identifier, properties))
+            except Exception as exc:
+                raise serialization_error(properties, "properties", exc) from None
+            if len(body) <= dual[2]:
+                body = _exact((body, b""))
+                dual[0]((IDENTIFY, body), (IDENTIFY, body, ulid_value()))
+                return
         self._route_call(IDENTIFY, identifier, None, properties)
 
     def register_device(
@@ -383,34 +395,6 @@ class CDPClient:
             attributes=attrs,
         )
         self._route_call(REGISTER_DEVICE, identifier, None, device)
-
-    def _fan_out(
-        self,
-        fan: tuple[_FanOut, ...],
-        kind: int,
-        identifier: str,
-        event_name: Optional[str],
-        properties: dict[Any, Any],
-    ) -> None:
-        """Several destinations, sending, asynchronous, open: properties encoded once, one body
-        per destination, each queued; anything unusual (an entry too large) takes the general path."""
-        try:
-            raw = Raw(encode(properties))
-        except Exception as exc:
-            raise serialization_error(properties, "properties", exc) from None
-        timestamp = time.time()
-        items = []
-        for encode_track, encode_identify, put, limit in fan:
-            if kind == TRACK:
-                body = encode_track(identifier, event_name, raw, timestamp)
-            else:
-                body = encode_identify(identifier, raw, timestamp)
-            if limit is not None and len(body) > limit:
-                self._route_call(kind, identifier, event_name, properties)
-                return
-            items.append((put, body))
-        for put, body in items:
-            put((kind, body))
 
     def _route_call(self, kind: int, identifier: str, event_name: Optional[str], payload: Any) -> None:
         """The general path: several destinations, sync mode, disabled or closed clients."""
@@ -517,7 +501,7 @@ class CDPClient:
             deadline = start + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
             self._closed = True
             self._fast_put = None
-            self._fast_fan = None
+            self._fast_dual = None
             # No inline sending here: finish_shutdown does it, once the deadline caps requests.
             marks = [(route, *route.begin_flush(deadline, inline=False)) for route in self._routes]
             for route in self._routes:
@@ -538,7 +522,7 @@ class CDPClient:
         deadline = time.monotonic() + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
         self._closed = True
         self._fast_put = None
-        self._fast_fan = None
+        self._fast_dual = None
 
         def finish() -> None:
             try:

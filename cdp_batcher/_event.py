@@ -1,14 +1,19 @@
 """Wire shapes of every queued call, and the one place where events become bytes.
 
-Each call is encoded exactly once per destination, at call time. Properties are encoded to
-JSON once and embedded in each destination's body as :class:`msgspec.Raw` when more than one
-destination needs them. Batch bodies are assembled from those bytes without re-encoding.
+Each call is encoded at call time, once. With dual-write on, the OpenCDP body is the shared
+record: the Customer.io queue holds the same bytes object with a ULID value fixed at call time
+(a :data:`Record`), and its route thread builds the entry from them (:func:`decode_track_record`
+keeps the properties as :class:`msgspec.Raw`, never decoding them). Batch bodies are assembled
+from entry bytes without re-encoding the properties.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -24,14 +29,21 @@ __all__ = [
     "REGISTER_DEVICE",
     "TRACK",
     "Item",
+    "UlidSpeller",
+    "Record",
     "check_event_name",
     "check_identifier",
     "check_properties",
     "decode",
+    "decode_identify_record",
+    "decode_track_record",
     "encode",
     "encode_properties",
+    "format_ulid",
     "join_raw",
     "new_ulid",
+    "ulid_seconds",
+    "ulid_value",
 ]
 
 # Call kinds, as small ints (queued with each body).
@@ -40,8 +52,12 @@ TRACK = 1
 REGISTER_DEVICE = 2
 KIND_NAMES = ("identify", "track", "register_device")
 
-#: A queued event: (kind, encoded body bytes).
-Item = tuple[int, bytes]
+#: A derived destination's queued event: (kind, the primary destination's body, ULID value). The
+#: body is the same bytes object the primary queue holds; the ULID (and with it the call time)
+#: is fixed at call time, the entry built from both in the destination's own thread.
+Record = tuple[int, bytes, int]
+#: A queued event: (kind, encoded body bytes), or a :data:`Record`.
+Item = Union[tuple[int, bytes], Record]
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
 encode = _encoder.encode
@@ -65,6 +81,23 @@ class OpenCdpTrack(msgspec.Struct, gc=False):
     identifier: str
     eventName: str
     properties: Any
+
+
+class _TrackRecord(msgspec.Struct, gc=False):
+    """An OpenCDP track body read back with its properties left as JSON bytes."""
+
+    identifier: str
+    eventName: str
+    properties: msgspec.Raw
+
+
+class _IdentifyRecord(msgspec.Struct, gc=False):
+    identifier: str
+    properties: msgspec.Raw
+
+
+decode_track_record = msgspec.json.Decoder(_TrackRecord).decode
+decode_identify_record = msgspec.json.Decoder(_IdentifyRecord).decode
 
 
 class OpenCdpDevice(msgspec.Struct, omit_defaults=True, gc=False):
@@ -198,18 +231,108 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: Every pair of Crockford characters, indexed by 10 bits.
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 #: 26 characters = 13 pairs of 10 bits = 130 bits: the 128-bit value with two leading zeros.
-_SHIFTS = tuple(range(120, -1, -10))
+_BITS30 = (1 << 30) - 1
 #: Mersenne Twister, seeded from os.urandom and re-seeded in a forked child by the random
 #: module itself. ULIDs need uniqueness (idempotency keys), not secrecy; this is 4x faster
 #: than os.urandom with base32.
 _random_bits = random.getrandbits
 
 
+def format_ulid(value: int) -> str:
+    """The 26 Crockford base32 characters of a 128-bit ULID value: the top 8 bits (as 10), then
+    four 30-bit parts, each spelled by three lookups of 10 bits (small-int arithmetic)."""
+    p = _PAIRS
+    b = value >> 90 & _BITS30
+    c = value >> 60 & _BITS30
+    d = value >> 30 & _BITS30
+    e = value & _BITS30
+    return "".join(
+        (
+            p[value >> 120],
+            p[b >> 20],
+            p[b >> 10 & 1023],
+            p[b & 1023],
+            p[c >> 20],
+            p[c >> 10 & 1023],
+            p[c & 1023],
+            p[d >> 20],
+            p[d >> 10 & 1023],
+            p[d & 1023],
+            p[e >> 20],
+            p[e >> 10 & 1023],
+            p[e & 1023],
+        )
+    )
+
+
 def new_ulid(timestamp_ms: int) -> str:
     """A ULID (26 Crockford base32 characters): 48-bit time in ms, then 80 random bits."""
-    value = (timestamp_ms & 0xFFFFFFFFFFFF) << 80 | _random_bits(80)
-    pairs = _PAIRS
-    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
+    return format_ulid((timestamp_ms & 0xFFFFFFFFFFFF) << 80 | _random_bits(80))
+
+
+#: Monotonic ULIDs (the spec's "increment within a millisecond"): per millisecond a prefix of
+#: time and 79 random bits, plus one process-wide counter. ``next()`` on an itertools.count is
+#: atomic under the GIL, so threads calling at once never share a value; the 79 bits leave the
+#: counter 2**79 steps before the random part could carry into the time. Two threads crossing a
+#: millisecond together may stamp an event with the previous millisecond (by 1 ms): harmless.
+_ulid_counter = itertools.count().__next__
+_ulid_prefix = 0
+#: The millisecond the prefix is for, as the interval [start, end) of time.time() values.
+_ulid_start = 0.0
+_ulid_end = -1.0
+_time = time.time
+
+
+def ulid_value() -> int:
+    """A ULID for an event happening now, as an int (:func:`format_ulid` spells it): about
+    0.15 µs, against 0.9-1.5 µs for drawing 80 random bits and spelling them per call."""
+    global _ulid_prefix, _ulid_start, _ulid_end
+    now = _time()
+    if not _ulid_start <= now < _ulid_end:  # a new millisecond (or the clock went back)
+        ms = int(now * 1000)
+        _ulid_prefix = (ms & 0xFFFFFFFFFFFF) << 80 | _random_bits(79)
+        _ulid_start, _ulid_end = ms / 1000, (ms + 1) / 1000
+    return _ulid_prefix + _ulid_counter()
+
+
+def ulid_seconds(value: int) -> int:
+    """The unix time in whole seconds of a ULID value (its 48-bit millisecond time)."""
+    return (value >> 80) // 1000
+
+
+class UlidSpeller:
+    """:func:`format_ulid` and :func:`ulid_seconds` for a stream of monotonic ULIDs: those of one
+    millisecond share their first 98 bits, so the first 20 characters and the seconds are kept
+    from the previous value and only the last 6 characters spelled (a quarter of the cost).
+    The cache is one tuple, swapped whole: threads sharing a speller never mix two values."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: tuple[int, str, int] = (-1, "", 0)
+
+    def __call__(self, value: int) -> tuple[str, int]:
+        """``(format_ulid(value), ulid_seconds(value))``."""
+        high = value >> 30
+        cached, head, seconds = self._cache
+        if high != cached:
+            text = format_ulid(value)
+            seconds = ulid_seconds(value)
+            self._cache = (high, text[:20], seconds)
+            return text, seconds
+        low = value & _BITS30
+        p = _PAIRS
+        return "".join((head, p[low >> 20], p[low >> 10 & 1023], p[low & 1023])), seconds
+
+
+def _reset_ulid_in_child() -> None:
+    """A forked child draws its own random part (random re-seeds itself in the child)."""
+    global _ulid_end
+    _ulid_end = -1.0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_ulid_in_child)
 
 
 # ------------------------------------------------------------------------------------------ bodies

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Optional
 
 from ._concurrency import fork_guard
 from ._event import Item
@@ -34,7 +34,7 @@ def _refuse(item: Item) -> bool:
 
 
 class EventQueue:
-    """A FIFO of ``(kind, body)`` items bounded by ``max_events`` and ``max_bytes``."""
+    """A FIFO of ``(kind, body, ...)`` items bounded by ``max_events`` and ``max_bytes`` (of bodies)."""
 
     __slots__ = (
         "_batch_mark",
@@ -53,6 +53,7 @@ class EventQueue:
         "on_batch",
         "on_first",
         "on_fork",
+        "partner",
     )
 
     def __init__(self, max_events: int, max_bytes: int, batch_size: int) -> None:
@@ -74,6 +75,8 @@ class EventQueue:
         self.on_batch: Callable[[], None] = _nothing
         self.guard = fork_guard()  # guard[0] == 0: this is a forked copy of the queue
         self.on_fork: Callable[[Item], bool] = _refuse  # takes the items put into a forked copy
+        #: The queue that :meth:`put_pair` also appends to (it shares this queue's lock).
+        self.partner: Optional[EventQueue] = None
 
     def put(self, item: Item) -> bool:
         """Append an item unless the queue is full; True when accepted. Never blocks."""
@@ -98,6 +101,56 @@ class EventQueue:
             self.on_batch()
         return True
 
+    def share_lock(self, other: EventQueue) -> None:
+        """Make ``other`` the :meth:`put_pair` partner, guarded by this queue's lock from now on.
+        Call before either queue is used (the client does, at construction and after a fork)."""
+        other.lock = self.lock
+        self.partner = other
+
+    def put_pair(self, item: Item, record: Item) -> None:
+        """``put(item)`` here and ``partner.put(record)`` under one acquisition of the lock both
+        share (dual-write: the record holds the same body). Each queue bounds and counts its own."""
+        other = self.partner
+        assert other is not None
+        if not self.guard[0]:  # forked without fork hooks: as put() does, for each queue
+            self.on_fork(item)
+            other.on_fork(record)
+            return
+        size = len(item[1])
+        with self.lock:
+            self.offered += 1
+            other.offered += 1
+            n = len(self._items)
+            if n < self.max_events and self._bytes + size <= self.max_bytes:
+                self._items.append(item)
+                self._bytes += size
+                self.accepted += 1
+                if n == 0:
+                    self.first_at = time.monotonic()
+            else:
+                self.full_drops += 1
+                n = -1
+            m = len(other._items)
+            if m < other.max_events and other._bytes + size <= other.max_bytes:
+                other._items.append(record)
+                other._bytes += size
+                other.accepted += 1
+                if m == 0:
+                    other.first_at = time.monotonic()
+            else:
+                other.full_drops += 1
+                m = -1
+        if n == 0:
+            self.on_first()
+        if n >= self.mark:
+            self.mark = n + self._batch_mark + 1
+            self.on_batch()
+        if m == 0:
+            other.on_first()
+        if m >= other.mark:
+            other.mark = m + other._batch_mark + 1
+            other.on_batch()
+
     def drain_locked(self, max_events: int) -> list[Item]:
         """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""
         items = self._items
@@ -109,7 +162,7 @@ class EventQueue:
         else:
             popleft = items.popleft
             out = [popleft() for _ in range(n)]
-            self._bytes -= sum(len(body) for _, body in out)
+            self._bytes -= sum(len(item[1]) for item in out)
         self.drained += n
         left = len(items)
         self.mark = self._batch_mark if left <= self._batch_mark else left + self._batch_mark + 1

@@ -355,6 +355,17 @@ class Route:
         """The hot-path put (the queue's own bound method)."""
         return self.queue.put
 
+    def pair_with(self, other: Route) -> Callable[[Item, Item], None]:
+        """Let one call queue an item here and one on ``other`` with one lock acquisition (the
+        dual-write fast path): from now on ``other``'s queue and counters are guarded by this
+        route's lock, held only for in-memory work, never across I/O, so neither destination
+        waits on the other's requests. Call before either route is used (at construction, and
+        again after a fork reset them). Returns the put for both (:meth:`EventQueue.put_pair`)."""
+        self.queue.share_lock(other.queue)
+        other._lock = self._lock
+        other._progress = threading.Condition(self._lock)
+        return self.queue.put_pair
+
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
         self.adopt_fork()
@@ -624,7 +635,7 @@ class Route:
             )
 
     def failed_event(self, item: Item, reason: str) -> FailedEvent:
-        kind, _ = item
+        kind = item[0]
         try:
             identifier, event_name, properties = self.dest.describe(item)
         except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import re
 import threading
 import time
@@ -696,4 +697,100 @@ def test_flush_returns_after_the_on_error_reports_of_call_time_drops(
     assert client.flush(timeout=10.0).destinations["opencdp"]
     reasons = sorted(r.reason for r in errors.records("customerio"))  # no waiting: already reported
     assert reasons == ["too_large"] + ["unsupported_platform"] * 20
+    assert_invariant(client)
+
+
+def test_entries_built_from_records_match_call_time_entries_byte_for_byte() -> None:
+    """A record (the OpenCDP body and a ULID value) becomes the very bytes the call-time encoder
+    makes from the same call: same Structs, same id, timestamp and properties JSON."""
+    from cdp_batcher._event import IDENTIFY, TRACK, Raw, encode, format_ulid, ulid_seconds, ulid_value
+    from cdp_batcher.destinations.opencdp import OpenCdpDestination
+
+    cio = CustomerIoDestination(
+        CustomerIoConfig(site_id=SITE, api_key=CIO_KEY), timeout=1.0, max_batch_size=10, policy=RetryPolicy()
+    )
+    ocdp = OpenCdpDestination(
+        api_key=KEY, endpoints=["http://127.0.0.1:9"], timeout=1.0, concurrency=1, policy=RetryPolicy()
+    )
+    props = {"amount": 99.5, "tags": ["a", "é", '"q"'], "nested": {"x": None}}
+    for identifier, name in (("user-1", "purchase"), ('we"ird\\id ü', "näme \n")):
+        value = ulid_value()
+        raw = Raw(encode(props))
+        body = ocdp.encode_track(identifier, name, raw, 0.0)
+        entry = cio.entry((TRACK, body, value))
+        expected = encode(
+            _event_struct("event", identifier, name, format_ulid(value), ulid_seconds(value), raw)
+        )
+        assert entry == expected
+        assert json.loads(entry)["id"] == format_ulid(value)
+        validate_cio_body(b'{"batch":[' + entry + b"]}")
+        person = cio.entry((IDENTIFY, ocdp.encode_identify(identifier, raw, 0.0), value))
+        assert person == encode(_event_struct("identify", identifier, None, None, ulid_seconds(value), raw))
+        assert cio.entry((TRACK, entry)) is entry  # finished entries pass through
+    cio.close()
+    ocdp.close()
+
+
+def _event_struct(action: str, identifier: str, name: Any, event_id: Any, seconds: int, raw: Any) -> Any:
+    from cdp_batcher._event import CioEvent, CioIdentifiers, CioIdentify
+
+    if action == "event":
+        return CioEvent(CioIdentifiers(identifier), "event", name, event_id, seconds, raw)
+    return CioIdentify(CioIdentifiers(identifier), "identify", raw, seconds)
+
+
+def test_entry_of_exactly_32000_bytes_is_sent_and_one_more_byte_is_dropped(
+    hub: Collector, make_client: MakeClient
+) -> None:
+    """At the record limit's edge (the fast path's bound is conservative by a byte) the exact
+    check decides: entries of 31,999 (fast path) and 32,000 bytes go out, 32,001 is too_large."""
+    errors = Errors()
+    client = make_client(on_error=errors)
+    probe = len(b'{"type":"person","identifiers":{"id":"u-edge"},"action":"event","name":"edge","id":"')
+    overhead = probe + len('01HZX0000000000000000000AA","timestamp":1700000000,"attributes":{"blob":""}}')
+    assert len(str(int(time.time()))) == 10
+    for extra in (-1, 0, 1):
+        client.track("u-edge", "edge", {"blob": "z" * (MAX_ENTRY_BYTES - overhead + extra)})
+    assert errors.wait(1, "customerio")
+    assert client.flush(timeout=10.0).destinations["opencdp"].delivered == 3
+    sizes = [len(e) for r in batch_requests(hub) for e in re.findall(rb'\{"type".*?\}\}', r.body)]
+    assert sizes == [MAX_ENTRY_BYTES - 1, MAX_ENTRY_BYTES]
+    (record,) = errors.records("customerio")
+    assert record.reason == "too_large" and len(record.properties["blob"]) == MAX_ENTRY_BYTES - overhead + 1
+    assert_invariant(client)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_dual_write_in_a_forked_child_pairs_its_own_queues(hub: Collector, make_client: MakeClient) -> None:
+    """After a fork the child's two fresh queues share a fresh lock again (one put for both) and
+    it delivers its own calls to both destinations; the parent's queued calls stay the parent's."""
+    client = make_client(flush_interval=60.0)
+    client.track("parent", "before_fork", {"n": 1})
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report through the pipe, never raise past this point
+        code = 1
+        try:
+            routes = client._routes
+            paired = routes[1].queue.lock is routes[0].queue.lock and routes[1]._lock is routes[0]._lock
+            empty = len(routes[0].queue) == 0 and len(routes[1].queue) == 0
+            for i in range(3):
+                client.track("child", "in_child", {"n": i})
+            client.identify("child", {"plan": "pro"})
+            report = client.flush(timeout=10.0)
+            result = {"paired": paired, "empty": empty, "ok": bool(report)}
+            result.update({name: d.delivered for name, d in report.destinations.items()})
+            os.write(write, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, data
+    assert json.loads(data) == {"paired": True, "empty": True, "ok": True, "opencdp": 4, "customerio": 4}
+    assert client.flush(timeout=10.0)
+    names = Counter((e["identifiers"]["id"], e.get("name")) for e in hub.events("customerio"))
+    assert names == {("child", "in_child"): 3, ("child", None): 1, ("parent", "before_fork"): 1}
     assert_invariant(client)

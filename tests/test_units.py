@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import email.utils
 import os
+import threading
 import time
 
 import pytest
 
-from cdp_batcher._event import TRACK, new_ulid
+from cdp_batcher import _event
+from cdp_batcher._event import TRACK, UlidSpeller, format_ulid, new_ulid, ulid_seconds, ulid_value
 from cdp_batcher._queue import EventQueue
 from cdp_batcher._retry import RetryPolicy, parse_retry_after
 from cdp_batcher.destinations.opencdp import HostRing
@@ -148,3 +150,94 @@ def test_ulid_randomness_differs_after_fork() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     assert status == 0 and len(child) == 26 and child != mine
+
+
+def _reference_ulid_text(value: int) -> str:
+    """The ULID spelling the slow, obvious way: 26 characters of 5 bits, most significant first."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> (5 * (25 - i))) & 31] for i in range(26))
+
+
+def test_format_ulid_and_the_speller_match_the_plain_spelling() -> None:
+    """format_ulid and UlidSpeller spell every value as the 5-bits-at-a-time reference does,
+    including runs that share their first 98 bits, values crossing a 2**30 carry, and new ms."""
+    import random as _random
+
+    speller = UlidSpeller()
+    rng = _random.Random(7)
+    values = [rng.getrandbits(128) for _ in range(500)]
+    base = (1_700_000_000_123 << 80) | ((1 << 30) - 3)  # crosses into bit 30 after 3 steps
+    values += [base + k for k in range(8)] + [(1_700_000_000_124 << 80) + k for k in range(3)]
+    values += [0, (1 << 128) - 1]
+    for value in values:
+        expected = _reference_ulid_text(value)
+        assert format_ulid(value) == expected
+        assert speller(value) == (expected, (value >> 80) // 1000)
+
+
+def test_ulid_value_is_monotonic_carries_the_call_time_and_never_repeats_across_threads() -> None:
+    """ulid_value(): strictly increasing in one thread, its time part the call's millisecond,
+    and 4 threads calling at once never get the same value."""
+    before = int(time.time() * 1000)
+    seq = [ulid_value() for _ in range(20_000)]
+    after = int(time.time() * 1000)
+    assert all(a < b for a, b in zip(seq, seq[1:]))
+    assert before <= seq[0] >> 80 <= seq[-1] >> 80 <= after
+    assert ulid_seconds(seq[0]) == (seq[0] >> 80) // 1000
+
+    out: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def run(k: int) -> None:
+        start.wait(5)
+        out[k].extend(ulid_value() for _ in range(20_000))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    every = [v for chunk in out for v in chunk]
+    assert len(every) == 80_000 and len(set(every)) == 80_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_ulid_value_in_a_forked_child_draws_its_own_random_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parent and child in the same millisecond, with the same counter: the child re-draws the
+    random part at fork, so its next ULID differs from the parent's next one."""
+    frozen = time.time()
+    monkeypatch.setattr(_event, "_time", lambda: frozen)
+    ulid_value()  # the parent's prefix for this millisecond
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, str(ulid_value()).encode())
+        os._exit(0)
+    os.close(write)
+    mine = ulid_value()
+    _, status = os.waitpid(pid, 0)
+    child = int(os.read(read, 64).decode())
+    os.close(read)
+    assert status == 0 and child >> 80 == mine >> 80 and child != mine
+    assert abs(child - mine) > 1_000_000  # not the same prefix one counter step apart
+
+
+def test_put_pair_bounds_and_counts_each_queue_on_its_own() -> None:
+    """put_pair appends to both queues under one lock; a full partner drops only its copy; each
+    queue signals its own first item and full batch."""
+    primary = EventQueue(max_events=10, max_bytes=10_000, batch_size=2)
+    partner = EventQueue(max_events=1, max_bytes=10_000, batch_size=2)
+    primary.share_lock(partner)
+    assert partner.lock is primary.lock
+    signals: list[str] = []
+    primary.on_first = lambda: signals.append("primary first")
+    primary.on_batch = lambda: signals.append("primary batch")
+    partner.on_first = lambda: signals.append("partner first")
+    body = b'{"identifier":"u"}'
+    for _ in range(3):
+        primary.put_pair((TRACK, body), (TRACK, body, 42))
+    assert (len(primary), primary.accepted, primary.offered, primary.full_drops) == (3, 3, 3, 0)
+    assert (len(partner), partner.accepted, partner.offered, partner.full_drops) == (1, 1, 3, 2)
+    assert primary.nbytes == 3 * len(body) and partner.nbytes == len(body)
+    assert signals == ["primary first", "partner first", "primary batch"]
+    assert partner.drain_locked(5) == [(TRACK, body, 42)] and partner.nbytes == 0

@@ -69,6 +69,15 @@ class Destination(abc.ABC):
     concurrency: int = 1
     #: Whether encode_* use the timestamp argument.
     needs_timestamp: bool = False
+    #: Whether the client may queue a :data:`~cdp_batcher._event.Record` (the primary
+    #: destination's body and a ULID value) for identify/track instead of this destination's
+    #: own bytes; the destination then builds its entry in :meth:`send`, in its own thread.
+    takes_records: bool = False
+
+    def record_limit(self, kind: int) -> int:
+        """The longest primary body of ``kind`` whose entry surely fits ``max_entry_bytes`` (a
+        longer one goes through ``encode_*``, which checks exactly). Only if ``takes_records``."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def encode_identify(self, identifier: str, properties: Any, timestamp: float) -> bytes: ...

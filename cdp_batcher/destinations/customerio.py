@@ -1,8 +1,12 @@
 """Customer.io Track API (dual-write): real batches on ``POST /api/v2/batch``.
 
-Entries are encoded once, at call time, from the same validated call as the OpenCDP body
-(properties arrive as already-encoded JSON and are embedded as is). A request body is joined
-from the queued entry bytes, never re-encoded. Answers are handled per outcome:
+identify/track calls arrive as records (``_event.Record``): the very bytes object queued for
+OpenCDP plus a ULID value fixed at call time. The entry is built from them here, in this
+route's thread (:meth:`CustomerIoDestination.entry`: the record's strings are read back and
+its properties embedded as the JSON bytes they are, never decoded); the event ``id`` and the
+``timestamp`` come from the ULID, so a resent batch carries the same ones. Devices and the
+client's general path (sync mode, entries near the 32 KB limit) queue finished entry bytes.
+A request body is joined from entry bytes. Answers are handled per outcome:
 
 ======================  =====================================================================
 200 (and other 2xx)     every entry delivered
@@ -31,13 +35,20 @@ import requests
 from .._config import CustomerIoConfig
 from .._errors import DeliveryError
 from .._event import (
+    TRACK,
     CioAddDevice,
     CioDevice,
     CioEvent,
     CioIdentifiers,
     CioIdentify,
     Item,
+    OpenCdpIdentify,
+    OpenCdpTrack,
+    Raw,
+    UlidSpeller,
     decode,
+    decode_identify_record,
+    decode_track_record,
     encode,
     join_raw,
     new_ulid,
@@ -70,6 +81,22 @@ _MAX_REASON_TEXT = 300
 _FIELD_INDEX = re.compile(r"^batch\[\d+\]\.?")
 
 
+def _growth(entry: bytes, body: bytes) -> int:
+    return len(entry) - len(body)
+
+
+#: Bytes an entry has beyond the OpenCDP body it is built from (the same identifier, name and
+#: properties bytes in both): an 11-digit timestamp makes it an upper bound until the year 5138.
+_EMPTY = Raw(b"{}")
+_TRACK_GROWTH = _growth(
+    encode(CioEvent(CioIdentifiers(""), "event", "", "0" * 26, 10**10, _EMPTY)),
+    encode(OpenCdpTrack("", "", _EMPTY)),
+)
+_IDENTIFY_GROWTH = _growth(
+    encode(CioIdentify(CioIdentifiers(""), "identify", _EMPTY, 10**10)), encode(OpenCdpIdentify("", _EMPTY))
+)
+
+
 class CustomerIoDestination(Destination):
     """Mirrors identify/track/register_device to Customer.io's ``/api/v2/batch``.
 
@@ -88,6 +115,7 @@ class CustomerIoDestination(Destination):
     max_unit_bytes = _MAX_UNIT_BYTES
     concurrency = 1
     needs_timestamp = True
+    takes_records = True
 
     def __init__(
         self,
@@ -110,6 +138,7 @@ class CustomerIoDestination(Destination):
         }
         self._http = HttpTransport(session, pool_size=1)
         self._auth_warned = False
+        self._spell = UlidSpeller()
 
     def __repr__(self) -> str:
         return f"CustomerIoDestination(url={self.url!r})"
@@ -156,13 +185,40 @@ class CustomerIoDestination(Destination):
             )
         )
 
+    def record_limit(self, kind: int) -> int:
+        """The longest OpenCDP body of ``kind`` whose entry is surely at most 32,000 bytes."""
+        return MAX_ENTRY_BYTES - (_TRACK_GROWTH if kind == TRACK else _IDENTIFY_GROWTH)
+
+    def entry(self, item: Item) -> bytes:
+        """The entry bytes of a queued item: as queued, or built from a record (track: an
+        ``event`` with the record's ULID as ``id``; identify: the person's ``attributes``;
+        both with the ULID's time in seconds as ``timestamp``)."""
+        if len(item) == 2:
+            return item[1]
+        kind, body, ulid = item
+        event_id, seconds = self._spell(ulid)
+        if kind == TRACK:
+            call = decode_track_record(body)
+            return encode(
+                CioEvent(
+                    CioIdentifiers(call.identifier),
+                    "event",
+                    call.eventName,
+                    event_id,
+                    seconds,
+                    call.properties,
+                )
+            )
+        person = decode_identify_record(body)
+        return encode(CioIdentify(CioIdentifiers(person.identifier), "identify", person.properties, seconds))
+
     def device_rejection(self, device: DeviceInfo) -> Optional[str]:
         """``unsupported_platform`` for a platform Customer.io has no devices for (``web``)."""
         return None if device.platform in _PLATFORMS else "unsupported_platform"
 
     def describe(self, item: Item) -> tuple[Optional[str], Optional[str], Mapping[str, Any]]:
         """``(identifier, event name, attributes)`` of a queued entry (device attributes for devices)."""
-        data = decode(item[1])
+        data = decode(self.entry(item))
         ids = data.get("identifiers")
         identifier = ids.get("id") if isinstance(ids, dict) else None
         action = data.get("action")
@@ -178,7 +234,20 @@ class CustomerIoDestination(Destination):
     def send(self, items: Sequence[Item], ctl: SendControl) -> None:
         """POST the unit as one or more batches (more after a 413); resolve every item once."""
         started = time.monotonic()
-        todo = _cut(list(items), self.max_unit_events, _MAX_UNIT_BYTES)
+        entry = self.entry
+        try:
+            pairs = [(item, entry(item)) for item in items]
+        except Exception:  # a record that cannot be read back (never expected): fail it alone
+            pairs = []
+            for item in items:
+                try:
+                    pairs.append((item, entry(item)))
+                except Exception as exc:
+                    ctl.warn(
+                        "internal", f"customerio: unexpected {type(exc).__name__} while building an entry"
+                    )
+                    ctl.failed([item], "internal_error", DeliveryError(f"customerio: {type(exc).__name__}"))
+        todo = _cut(pairs, self.max_unit_events, _MAX_UNIT_BYTES)
         todo.reverse()
         while todo:
             chunk = todo.pop()
@@ -186,14 +255,22 @@ class CustomerIoDestination(Destination):
                 halves = self._send_batch(chunk, ctl, started)
             except Exception as exc:  # resolution is each path's last step: chunk is unresolved
                 ctl.warn("internal", f"customerio: unexpected {type(exc).__name__} while sending")
-                ctl.failed(chunk, "internal_error", DeliveryError(f"customerio: {type(exc).__name__}"))
+                ctl.failed(
+                    [item for item, _ in chunk],
+                    "internal_error",
+                    DeliveryError(f"customerio: {type(exc).__name__}"),
+                )
                 continue
             if halves:
                 todo.extend(reversed(halves))
 
-    def _send_batch(self, chunk: list[Item], ctl: SendControl, started: float) -> Optional[list[list[Item]]]:
-        """Send one batch with retries; returns the halves to send instead after a 413."""
-        body = join_raw(_PREFIX, [entry for _, entry in chunk], _SUFFIX)
+    def _send_batch(
+        self, pairs: list[tuple[Item, bytes]], ctl: SendControl, started: float
+    ) -> Optional[list[list[tuple[Item, bytes]]]]:
+        """Send one batch of (item, entry) pairs with retries; returns the halves to send
+        instead after a 413."""
+        body = join_raw(_PREFIX, [entry for _, entry in pairs], _SUFFIX)
+        chunk = [item for item, _ in pairs]
         policy = self._policy
         delays = policy.delays()
         attempts = 0
@@ -208,9 +285,9 @@ class CustomerIoDestination(Destination):
                         ctl.delivered(chunk)
                     return None
                 if answer.status == 413:
-                    if len(chunk) > 1:
-                        mid = len(chunk) // 2
-                        return [chunk[:mid], chunk[mid:]]
+                    if len(pairs) > 1:
+                        mid = len(pairs) // 2
+                        return [pairs[:mid], pairs[mid:]]
                     ctl.dropped(chunk, "too_large", error)
                     return None
                 if answer.status == 401 and not self._auth_warned:
@@ -291,12 +368,13 @@ class CustomerIoDestination(Destination):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _cut(items: list[Item], max_events: int, max_bytes: int) -> list[list[Item]]:
-    """Cut items into batches the way the route does (a no-op for the route's own units)."""
-    batches: list[list[Item]] = []
-    current: list[Item] = []
+def _cut(pairs: list[tuple[Item, bytes]], max_events: int, max_bytes: int) -> list[list[tuple[Item, bytes]]]:
+    """Cut (item, entry) pairs into batches by entry bytes, as the route cuts units by queued
+    bytes (a record's entry is longer than its queued body, so a unit may need a second cut)."""
+    batches: list[list[tuple[Item, bytes]]] = []
+    current: list[tuple[Item, bytes]] = []
     size = 0
-    for item in items:
+    for item in pairs:
         n = len(item[1]) + 1
         if current and (len(current) >= max_events or size + n > max_bytes):
             batches.append(current)

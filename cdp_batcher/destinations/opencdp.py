@@ -222,8 +222,8 @@ class OpenCdpDestination(Destination):
         )
 
     def describe(self, item: Item) -> tuple[Optional[str], Optional[str], Mapping[str, Any]]:
-        kind, body = item
-        data = decode(body)
+        kind = item[0]
+        data = decode(item[1])
         props = data.get("properties") if kind in (IDENTIFY, TRACK) else data.get("attributes")
         return data.get("identifier"), data.get("eventName"), props or {}
 
