@@ -136,7 +136,14 @@ ERRORS: tuple[tuple[type[BaseException], str, Optional[bool], str], ...] = (
     (ssl.CertificateError, "certificate_error", False, "certificate verify failed"),
     (urllib3.exceptions.ProxyError, "proxy_error", False, "proxy error"),
     (requests.exceptions.ProxyError, "proxy_error", False, "proxy error"),
-    (urllib3.exceptions.NameResolutionError, "connection_error", False, "name resolution failed"),
+    # urllib3 < 2 has no NameResolutionError (a failed lookup is a NewConnectionError there); the
+    # stand-in repeats DeadlinePassed, matched by the first row already: a row that never matches.
+    (
+        getattr(urllib3.exceptions, "NameResolutionError", DeadlinePassed),
+        "connection_error",
+        False,
+        "name resolution failed",
+    ),
     (urllib3.exceptions.NewConnectionError, "connection_error", False, "connection refused"),
     (ConnectionRefusedError, "connection_error", False, "connection refused"),
     (urllib3.exceptions.ConnectTimeoutError, "timeout", False, "connect timeout"),
