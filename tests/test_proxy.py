@@ -248,9 +248,15 @@ def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     ca_key, ca, key, csr, cert, ext = (
         str(d / n) for n in ("ca.key", "ca.pem", "k.pem", "c.csr", "c.pem", "ext")
     )
-    Path(ext).write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    # What Python 3.13's strict verification (VERIFY_X509_STRICT) wants of a leaf certificate.
+    Path(ext).write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
     _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-         "-days", "1", "-subj", "/CN=cdp-batcher test CA")  # fmt: skip
+         "-days", "1", "-subj", "/CN=cdp-batcher test CA",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
     _run(
         "openssl",
         "req",
