@@ -1,0 +1,24 @@
+"""The durable spool: per-destination segment logs in a directory shared by processes.
+
+See ``_format`` (bytes on disk), ``_log`` (one destination's FIFO and acknowledgements),
+``_dir`` (owners, locks, adoption, budget) and ``_files`` (the file-system seam).
+"""
+
+from ._dir import Spool, SpoolUnavailable
+from ._files import Crash, FileOps
+from ._format import FORMAT_VERSION
+from ._log import DISK, DROPPED, FULL, MEMORY, Entry, Stream
+
+__all__ = [
+    "DISK",
+    "DROPPED",
+    "FORMAT_VERSION",
+    "FULL",
+    "MEMORY",
+    "Crash",
+    "Entry",
+    "FileOps",
+    "Spool",
+    "SpoolUnavailable",
+    "Stream",
+]
