@@ -57,6 +57,9 @@ class Spool:
     TICK = 0.25
     #: Seconds between two looks for dead owners' files.
     ADOPT_EVERY = 1.0
+    #: A ``t-`` directory (an owner directory being built) older than this, with no lock held,
+    #: was left by a process that died while opening its spool: it is removed.
+    STALE_TMP = 60.0
 
     def __init__(
         self,
@@ -171,9 +174,13 @@ class Spool:
         """Adopt the files of dead owners for this spool's destinations; returns records adopted."""
         ops = self.ops
         try:
-            names = sorted(n for n in ops.listdir(self.path) if n.startswith("o-") and n != self.owner)
+            listing = ops.listdir(self.path)
         except OSError:
             return 0
+        names = sorted(n for n in listing if n.startswith("o-") and n != self.owner)
+        for name in listing:
+            if name.startswith("t-"):
+                self._remove_stale_tmp(os.path.join(self.path, name))
         total = 0
         for name in names:
             owner_dir = os.path.join(self.path, name)
@@ -192,6 +199,30 @@ class Spool:
                 self._remove_dir(owner_dir)
         self._last_adopt = time.monotonic()
         return total
+
+    def _remove_stale_tmp(self, tmp: str) -> None:
+        ops = self.ops
+        try:
+            if time.time() - ops.stat(tmp).st_mtime < self.STALE_TMP:
+                return
+            names = ops.listdir(tmp)
+        except OSError:
+            return
+        fds = []
+        try:
+            for name in names:
+                fd = ops.open(os.path.join(tmp, name), os.O_RDWR)
+                fds.append(fd)
+                if not ops.lock(fd):
+                    return  # its process is alive
+            for name in names:
+                ops.unlink(os.path.join(tmp, name))
+            ops.rmdir(tmp)
+        except OSError:
+            return
+        finally:
+            for fd in fds:
+                self._quiet_close(fd)
 
     def _adopt(self, owner_dir: str, dest: str, stream: Stream, files: list[str]) -> int:
         ops = self.ops
@@ -306,9 +337,7 @@ class Spool:
                         done += f.end - f.start
                     else:
                         records += 1
-                for s, e in bad:
-                    done += e - s
-                    stream.spool_corrupt += 1
+                # Bad spans are counted (and skipped) once, when the stream reads the segment.
             seg.fd = -1
             seg.done = done
             seg.records = records

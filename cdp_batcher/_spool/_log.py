@@ -566,16 +566,15 @@ class Stream:
                     merged[-1][1] = e
                 else:
                     merged.append([s, e])
-            if seg.fd >= 0 or not seg.own:
-                try:
-                    seg.log.append(b"".join(fmt.ack_entry(seg.seq, s, e) for s, e in merged))
-                except OSError as exc:
-                    # Not durable: after a crash these records are delivered again (duplicates, not losses).
-                    self.spool_errors += 1
-                    self.spool.warn(f"spool:{self.dest}:ack", f"spool {seg.log.path}: {exc}", level="error")
             for s, e in merged:
-                seg.add_range(s, e)
+                seg.add_range(s, e)  # first: a compaction inside append() writes these ranges too
                 seg.done += e - s
+            try:
+                seg.log.append(b"".join(fmt.ack_entry(seg.seq, s, e) for s, e in merged))
+            except OSError as exc:
+                # Not durable: after a crash these records are delivered again (duplicates, not losses).
+                self.spool_errors += 1
+                self.spool.warn(f"spool:{self.dest}:ack", f"spool {seg.log.path}: {exc}", level="error")
             n = len(spans)
             seg.records -= n
             self.spooled -= n
