@@ -75,7 +75,24 @@ def abandon(spool: Spool) -> None:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    forget(spool)
+
+
+def forget(spool: Spool) -> None:
+    """Drop a dead spool's descriptor numbers (closed already), so that nothing closes them again
+    (an at-fork hook would close whatever reused the numbers)."""
+    from cdp_batcher._spool import _dir
+
+    for stream in spool.streams.values():
+        for seg in [*stream._own, *stream._adopted_all]:
+            seg.fd = -1
+            seg.log.fd = -1
+        if stream._log is not None:
+            stream._log.fd = -1
+    spool._locks.clear()
+    spool._held.clear()
     spool._closed = True
+    _dir._live.discard(spool)
 
 
 def files(path: Path) -> list[str]:
@@ -324,6 +341,8 @@ def _run(path: Path, ops: FileOps, gen: int) -> Run:
     except Crash:
         assert isinstance(ops, CrashAt)
         ops.die()
+        for spool in run.spools:
+            forget(spool)
     else:
         for spool in run.spools:
             abandon(spool)
@@ -340,7 +359,6 @@ def test_crash_between_every_pair_of_steps_recovers(tmp_path: Path, monkeypatch:
     base = tmp_path / "probe"
     _run(base, FileOps(), 1)
     _run(base, probe, 2)  # the second generation adopts the first's files
-    probe.die()
     total = probe.calls
     assert {"write", "unlink", "rename", "lock", "open", "close"} <= set(probe.steps)
     for k in range(1, total + 1):
@@ -363,3 +381,335 @@ def test_crash_between_every_pair_of_steps_recovers(tmp_path: Path, monkeypatch:
         assert set(delivered) <= first.attempted | second.attempted
         recover.close()
         assert files(d) == [], (k, ops.steps[-3:], files(d))
+
+
+# ------------------------------------------------------------------------------- bad disks
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[bool]:
+    """A tmpfs of ``size`` mounted on ``path`` (root); yields False where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        yield False
+        return
+    if done.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+def _fill_and_recover(spool: Spool, filler: Optional[Path]) -> None:
+    """Write until the disk refuses, check the fallback, free the disk, check the way back."""
+    stream = spool.streams[DEST]
+    outcomes = [stream.append(1, body(i) + b" " * 300) for i in range(400)]
+    assert MEMORY in outcomes, "the disk never filled"
+    first_memory = outcomes.index(MEMORY)
+    assert all(o == DISK for o in outcomes[:first_memory])
+    assert stream.spool_errors >= 1 and stream.disk_error is not None
+    assert stream.fallback == outcomes.count(MEMORY)
+    # Nothing is lost: what went to memory and what is on disk all come out, in order.
+    got = []
+    for e in take(stream, 10_000):
+        got.append(number(e.body.rstrip()))
+        stream.ack([e.token])
+    assert got == list(range(400))
+    if filler is not None:
+        filler.unlink()
+    spool_retry = _log.RETRY_AFTER
+    assert spool_retry == 0.0
+    assert stream.append(1, body(1000)) == DISK  # back on disk
+    assert stream.disk_error is None
+
+
+def test_disk_full_falls_back_to_memory_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on a small tmpfs (or EFBIG under RLIMIT_FSIZE): appends go to memory, counted, and
+    return to disk once there is room."""
+    monkeypatch.setattr(_log, "RETRY_AFTER", 0.0)
+    mnt = tmp_path / "small"
+    with small_tmpfs(mnt, "96k") as mounted:
+        if mounted:
+            spool = open_spool(mnt, segment_bytes=16 * 1024)
+            _fill_and_recover(spool, None)  # acked segments are deleted: that frees the room
+            spool.close()
+            return
+    # No mount here: a child process with a file size limit gets EFBIG on its segment.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+            spool = open_spool(tmp_path / "limited", segment_bytes=4096)
+            _fill_and_recover(spool, None)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _mount(*args: str) -> bool:
+    try:
+        return subprocess.run(["mount", *args], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_read_only_directory_refused_at_open_and_at_run_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only spool directory: opening raises SpoolUnavailable naming the path; a directory
+    turned read-only while writing sends appends to memory, and back to disk once writable."""
+    from cdp_batcher._spool import SpoolUnavailable
+
+    monkeypatch.setattr(_log, "RETRY_AFTER", 0.0)
+    root = tmp_path / "spool"
+    spool = open_spool(root, segment_bytes=2048)
+    stream = spool.streams[DEST]
+    assert stream.append(1, body(0)) == DISK
+    # A read-only bind mount over the directory: open descriptors keep working, new files fail.
+    if not (_mount("--bind", str(root), str(root)) and _mount("-o", "remount,bind,ro", str(root))):
+        subprocess.run(["umount", str(root)], capture_output=True)
+        spool.close()
+        pytest.skip("needs mount --bind (root) for a read-only directory (root ignores chmod)")
+    try:
+        outcomes = [stream.append(1, body(i)) for i in range(1, 200)]
+        assert MEMORY in outcomes and stream.spool_errors >= 1
+        assert "Read-only" in str(stream.disk_error)
+        with pytest.raises(SpoolUnavailable, match=str(root)):
+            open_spool(root)
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True, timeout=10)
+    assert stream.append(1, body(200)) == DISK
+    assert [number(e.body) for e in take(stream)] == list(range(201))
+    spool.close()
+
+
+def test_directory_deleted_while_writing(tmp_path: Path) -> None:
+    """The spool directory removed underneath: the next maintenance pass notices, recreates it,
+    and writing goes on to disk; records already written are still delivered."""
+    root = tmp_path / "spool"
+    spool = open_spool(root, segment_bytes=4096)
+    stream = spool.streams[DEST]
+    for i in range(50):
+        stream.append(1, body(i))
+    shutil.rmtree(root)
+    spool.tick()
+    assert root.is_dir() and stream.spool_errors >= 1
+    for i in range(50, 100):
+        assert stream.append(1, body(i)) == DISK or _log.RETRY_AFTER > 0
+    assert [number(e.body) for e in take(stream)] == list(range(100))
+    abandon(spool)
+    # The records written after the repair are on disk for the next process.
+    again = open_spool(root)
+    assert drain(again)[-1] == 99
+    again.close()
+
+
+def test_active_segment_deleted_underneath(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment unlinked by someone else: noticed, counted, a new segment takes the writes."""
+    monkeypatch.setattr(_log, "RETRY_AFTER", 0.0)
+    spool = open_spool(tmp_path)
+    stream = spool.streams[DEST]
+    for i in range(10):
+        stream.append(1, body(i))
+    os.unlink(stream._own[0].path)
+    spool.tick()
+    assert stream.spool_errors == 1
+    for i in range(10, 20):
+        assert stream.append(1, body(i)) == DISK
+    assert [number(e.body) for e in take(stream)] == list(range(20))
+    abandon(spool)
+    again = open_spool(tmp_path)
+    assert drain(again) == list(range(10, 20))  # the unlinked file's records went with it
+    again.close()
+
+
+def test_max_bytes_reached_counts_spool_full(tmp_path: Path) -> None:
+    """Past max_bytes appends are refused (FULL, counted); disk use stays within the bound."""
+    limit = 64 * 1024
+    spool = open_spool(tmp_path, max_bytes=limit, segment_bytes=8 * 1024)
+    stream = spool.streams[DEST]
+    outcomes = [stream.append(1, body(i)) for i in range(2000)]
+    assert FULL in outcomes and stream.spool_full == outcomes.count(FULL)
+    on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.seg"))
+    assert on_disk <= limit
+    assert on_disk > limit * 0.9
+    # Another process on the same directory sees the first one's bytes in its budget.
+    other = open_spool(tmp_path, max_bytes=limit)
+    assert other.streams[DEST].append(1, body(0)) == FULL
+    other.close()
+    spool.close()
+
+
+# ------------------------------------------------------------------------------ processes
+CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_spool_engine import open_spool, body, DEST
+from pathlib import Path
+spool = open_spool(Path({path!r}))
+for i in range({n}):
+    spool.streams[DEST].append(1, body(i))
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _spawn_writer(path: Path, n: int) -> subprocess.Popen[str]:
+    code = CHILD.format(tests=str(Path(__file__).parent), path=str(path), n=n)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_flock_adoption_between_real_processes(tmp_path: Path) -> None:
+    """A live writer's files are not adopted; once it is SIGKILLed they are, by one reader only."""
+    proc = _spawn_writer(tmp_path, 200)
+    try:
+        a = open_spool(tmp_path)
+        b = open_spool(tmp_path)
+        assert a.scan() == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+    got_a = drain(a)
+    got_b = drain(b)
+    assert sorted(got_a + got_b) == list(range(200))
+    assert not (set(got_a) & set(got_b))
+    a.close()
+    b.close()
+    assert files(tmp_path) == []
+
+
+def test_fork_child_writes_its_own_files(tmp_path: Path) -> None:
+    """After os.fork() the child has a new owner directory; the parent's records stay the parent's."""
+    spool = open_spool(tmp_path)
+    stream = spool.streams[DEST]
+    for i in range(10):
+        stream.append(1, body(i))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(r)
+            assert spool.owner_dir != ""
+            for i in range(100, 105):
+                spool.streams[DEST].append(1, body(i))
+            adopted = spool.scan()  # the parent is alive: nothing to adopt
+            got = [number(e.body) for e in take(spool.streams[DEST])]
+            os.write(w, f"{spool.owner} {adopted} {got}".encode())
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    owner, adopted, got = data.decode().split(" ", 2)
+    assert owner != spool.owner and adopted == "0"
+    assert got == str(list(range(100, 105)))
+    # The child died without closing: its 5 records are adoptable; the parent's 10 are not.
+    other = open_spool(tmp_path)
+    assert sorted(drain(other)) == list(range(100, 105))
+    assert [number(e.body) for e in take(stream)] == list(range(10))
+    other.close()
+    spool.close()
+
+
+def test_sigkill_torture(tmp_path: Path) -> None:
+    """150 forked children each adopt what the dead ones left, deliver some (report, then ack)
+    and write numbered records (reported once append returned); each is SIGKILLed at a random
+    moment. At the end a reader drains the directory: every reported number is delivered, and a
+    number is delivered twice only when a kill fell between its report and its acknowledgement
+    (at most one batch of 10 per kill)."""
+    rng = random.Random(1234)
+    kills = 150
+    written: set[int] = set()
+    delivered: Counter[int] = Counter()
+    next_n = 0
+    deadline = time.monotonic() + 90
+    for round_ in range(kills):
+        assert time.monotonic() < deadline
+        rw, ww = os.pipe()  # numbers written
+        rd, wd = os.pipe()  # numbers delivered
+        start = next_n
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.close(rw)
+                os.close(rd)
+                spool = open_spool(tmp_path, segment_bytes=16 * 1024)
+                spool.scan()
+                stream = spool.streams[DEST]
+                os.write(ww, b"go\n")
+                i = start
+                while True:
+                    for _ in range(20):
+                        if stream.append(1, body(i)) == DISK:
+                            os.write(ww, b"%d\n" % i)
+                        i += 1
+                    entries = take(stream, 10)
+                    if entries:
+                        os.write(wd, b"".join(b"%d\n" % number(e.body) for e in entries))
+                        stream.ack([e.token for e in entries])
+            finally:
+                os._exit(1)
+        os.close(ww)
+        os.close(wd)
+        # Wait until it started, then kill it at a random moment.
+        ready = select.select([rw], [], [], 20)[0]
+        assert ready, "child did not start"
+        time.sleep(rng.uniform(0.0, 0.03))  # the random kill moment (not a wait for a thread)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        out_w = _read_all(rw)
+        out_d = _read_all(rd)
+        nums_w = [int(x) for x in out_w.split()[1:]] if out_w.startswith(b"go") else []
+        written.update(nums_w)
+        delivered.update(int(x) for x in out_d.split())
+        next_n = start + 100_000
+    final = open_spool(tmp_path)
+    rest = drain(final)
+    final.close()
+    delivered.update(rest)
+    missing = written - set(delivered)
+    assert not missing, sorted(missing)[:20]
+    dups = sum(c - 1 for c in delivered.values() if c > 1)
+    assert dups <= 10 * kills
+    assert files(tmp_path) == []
+    print(f"torture: {kills} kills, {len(written)} reported, {sum(delivered.values())} delivered, {dups} duplicates")
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return data

@@ -385,15 +385,15 @@ class Spool:
             self.sync()
 
     def _repair(self) -> None:
+        for stream in self.streams.values():
+            stream.spool_errors += 1
         try:
             self._makedirs(self.path)
             self._create_owner()
         except OSError as exc:
-            for stream in self.streams.values():
-                stream.spool_errors += 1
-            self.warn("spool:dir", f"spool {self.path}: directory unusable: {exc}", level="error")
+            self.warn("spool:dir", f"spool {self.path}: directory vanished, cannot recreate: {exc}", level="error")
             return
-        self.warn("spool:dir", f"spool {self.path}: directory recreated", level="warning")
+        self.warn("spool:dir", f"spool {self.path}: directory vanished; recreated", level="error")
 
     def _refresh_budget(self) -> None:
         """Bytes of other processes' segment files (not adopted here), and each stream's allowance."""

@@ -290,7 +290,8 @@ class Stream:
         """Begin writing into ``owner_dir`` (this process's directory; its lock is held)."""
         self._owner_dir = owner_dir
         self._log = AckLog(self.ops, os.path.join(owner_dir, f"{self.dest}.ack"))
-        self._active = None
+        if self._active is not None:  # a directory recreated: its records stay readable, writes move
+            self._seal(self._active)
         self._down_until = 0.0
 
     # ----------------------------------------------------------------------------- writing
