@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from . import _format as fmt
 from ._files import FileOps
-from ._log import AckLog, Segment, Stream, read_acks, read_frames
+from ._log import AckLog, Segment, Stream, logical_end, read_acks, read_frames
 
 __all__ = ["Spool", "SpoolUnavailable"]
 
@@ -324,6 +324,7 @@ class Spool:
                 seg = Segment(path, seq, -1, max(size, fmt.HEADER_SIZE), 0, log, own=False)
                 seg.done = seg.size - fmt.HEADER_SIZE
                 return seg  # done: deleted by the caller
+            size = logical_end(ops, fd, size)
             seg = Segment(path, seq, fd, size, header.created_ns, log, own=False)
             for s, e in sorted(acked):
                 seg.add_range(s, e)
@@ -331,7 +332,7 @@ class Spool:
             done = 0
             records = 0
             while pos < size:
-                frames, bad, pos = read_frames(ops, fd, pos, size)
+                frames, _bad, pos = read_frames(ops, fd, pos, size)
                 for f in frames:
                     if seg.is_acked(f.start):
                         done += f.end - f.start
@@ -391,7 +392,9 @@ class Spool:
             self._makedirs(self.path)
             self._create_owner()
         except OSError as exc:
-            self.warn("spool:dir", f"spool {self.path}: directory vanished, cannot recreate: {exc}", level="error")
+            self.warn(
+                "spool:dir", f"spool {self.path}: directory vanished, cannot recreate: {exc}", level="error"
+            )
             return
         self.warn("spool:dir", f"spool {self.path}: directory vanished; recreated", level="error")
 
@@ -416,7 +419,8 @@ class Spool:
             for f in files:
                 if f.endswith(".seg") and (owner_dir, f.rsplit("-", 1)[0]) not in held:
                     with contextlib.suppress(OSError):
-                        foreign += ops.stat(os.path.join(owner_dir, f)).st_size
+                        st = ops.stat(os.path.join(owner_dir, f))
+                        foreign += min(st.st_size, st.st_blocks * 512)  # sparse: what is taken
         self._foreign = foreign
         mine = sum(s.bytes for s in self.streams.values())
         for s in self.streams.values():

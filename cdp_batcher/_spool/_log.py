@@ -228,6 +228,19 @@ def read_frames(
         size *= 4  # a frame larger than the chunk
 
 
+def logical_end(ops: FileOps, fd: int, size: int) -> int:
+    """The offset just past the last non-zero byte (a segment's unused tail is zeros: records
+    never end with a zero byte, their body being JSON)."""
+    end = size
+    while end > fmt.HEADER_SIZE:
+        start = max(fmt.HEADER_SIZE, end - READ_CHUNK)
+        data = ops.pread(fd, end - start, start).rstrip(b"\0")
+        if data:
+            return start + len(data)
+        end = start
+    return fmt.HEADER_SIZE
+
+
 class Entry(NamedTuple):
     """A record handed to the caller; give ``token`` back to :meth:`Stream.ack_locked`."""
 
@@ -377,6 +390,14 @@ class Stream:
         if written != len(header):
             self._disk_failed(seg, OSError("short write of a segment header"))
             return None
+        try:
+            # Sized up front (sparse: no blocks taken yet): an append inside the file's size does
+            # not update the inode's size, which makes os.write about 0.4 us cheaper (ext4).
+            # A reader finds the end of a dead owner's segment at its last non-zero byte.
+            ops.ftruncate(fd, self.segment_bytes)
+        except OSError as exc:
+            self._disk_failed(seg, exc)
+            return None
         self.spool.dirty_dir = True
         if self._down_until:
             self._down_until = 0.0
@@ -408,6 +429,10 @@ class Stream:
             self._active = None
         if seg.is_done():
             self._delete(seg)
+        elif seg.own and seg.fd >= 0:
+            # Drop the unused preallocated tail: a sealed file ends with its last record.
+            with contextlib.suppress(OSError):
+                self.ops.ftruncate(seg.fd, seg.size)
 
     # ----------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -659,6 +684,8 @@ class Stream:
         """Close every file; True when this process's files held nothing and were removed."""
         ops = self.ops
         empty = all(s.records == 0 for s in self._own)
+        if self._active is not None and not empty:
+            self._seal(self._active)  # cut the preallocated tail
         for seg in [*self._own, *self._adopted_all]:
             if seg.fd >= 0:
                 fd, seg.fd = seg.fd, -1
