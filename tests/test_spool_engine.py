@@ -21,7 +21,7 @@ import pytest
 
 from cdp_batcher._spool import DISK, FULL, MEMORY, Crash, FileOps, Spool, _log
 from cdp_batcher._spool import _format as fmt
-from cdp_batcher._spool._log import Entry, Stream
+from cdp_batcher._spool._log import Record, Stream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +42,7 @@ def number(b: bytes) -> int:
     return int(b.rsplit(b":", 1)[1].rstrip(b"}"))
 
 
-def take(stream: Stream, n: int = 1_000_000) -> list[Entry]:
+def take(stream: Stream, n: int = 1_000_000) -> list[Record]:
     with stream.lock:
         return stream.take_locked(n)
 
@@ -56,8 +56,8 @@ def drain(spool: Spool) -> list[int]:
         entries = take(stream, 100)
         if not entries:
             return out
-        out.extend(number(e.body) for e in entries)
-        stream.ack([e.token for e in entries])
+        out.extend(number(e[1]) for e in entries)
+        stream.ack(entries)
 
 
 def abandon(spool: Spool) -> None:
@@ -126,8 +126,8 @@ def test_memory_bound_spills_to_disk_and_reads_back_in_order(tmp_path: Path) -> 
     got = []
     for _ in range(20):  # interleave writes and reads
         entries = take(stream, 37)
-        got.extend(number(e.body) for e in entries)
-        stream.ack([e.token for e in entries])
+        got.extend(number(e[1]) for e in entries)
+        stream.ack(entries)
     for i in range(500, 600):
         stream.append(1, body(i))
     got.extend(drain(spool))
@@ -174,8 +174,8 @@ def test_dead_owner_adopted_acked_records_not_redelivered(tmp_path: Path) -> Non
     for i in range(100):
         stream.append(1, body(i))
     entries = take(stream, 60)
-    stream.ack([e.token for e in entries if number(e.body) % 3 == 0])  # out of order, gaps
-    acked = {number(e.body) for e in entries if number(e.body) % 3 == 0}
+    stream.ack([e for e in entries if number(e[1]) % 3 == 0])  # out of order, gaps
+    acked = {number(e[1]) for e in entries if number(e[1]) % 3 == 0}
     abandon(spool)
     again = open_spool(tmp_path)
     assert again.scan() == 100 - len(acked)
@@ -319,16 +319,16 @@ def _scenario(path: Path, ops: FileOps, run: Run, n: int) -> None:
         if stream.append(1, body(i)) == DISK:
             run.appended.add(i)
 
-    def ack(e: Entry) -> None:
-        run.acking.add(number(e.body))
-        stream.ack([e.token])
-        run.acked.add(number(e.body))
+    def ack(e: Record) -> None:
+        run.acking.add(number(e[1]))
+        stream.ack([e])
+        run.acked.add(number(e[1]))
 
     for i in range(n, n + 40):
         append(i)
     for rounds in range(4):
         entries = take(stream, 9)
-        for e in sorted(entries, key=lambda e: (number(e.body) * 7) % 5):
+        for e in sorted(entries, key=lambda e: (number(e[1]) * 7) % 5):
             ack(e)
         if rounds == 1:
             for i in range(n + 40, n + 50):
@@ -422,8 +422,8 @@ def _fill_and_recover(spool: Spool, filler: Optional[Path]) -> None:
     # Nothing is lost: what went to memory and what is on disk all come out, in order.
     got = []
     for e in take(stream, 10_000):
-        got.append(number(e.body.rstrip()))
-        stream.ack([e.token])
+        got.append(number(e[1].rstrip()))
+        stream.ack([e])
     assert got == list(range(400))
     if filler is not None:
         filler.unlink()
@@ -493,7 +493,7 @@ def test_read_only_directory_refused_at_open_and_at_run_time(
     finally:
         subprocess.run(["umount", str(root)], capture_output=True, timeout=10)
     assert stream.append(1, body(200)) == DISK
-    assert [number(e.body) for e in take(stream)] == list(range(201))
+    assert [number(e[1]) for e in take(stream)] == list(range(201))
     spool.close()
 
 
@@ -510,7 +510,7 @@ def test_directory_deleted_while_writing(tmp_path: Path) -> None:
     assert root.is_dir() and stream.spool_errors >= 1
     for i in range(50, 100):
         assert stream.append(1, body(i)) == DISK or _log.RETRY_AFTER > 0
-    assert [number(e.body) for e in take(stream)] == list(range(100))
+    assert [number(e[1]) for e in take(stream)] == list(range(100))
     abandon(spool)
     # The records written after the repair are on disk for the next process.
     again = open_spool(root)
@@ -530,7 +530,7 @@ def test_active_segment_deleted_underneath(tmp_path: Path, monkeypatch: pytest.M
     assert stream.spool_errors == 1
     for i in range(10, 20):
         assert stream.append(1, body(i)) == DISK
-    assert [number(e.body) for e in take(stream)] == list(range(20))
+    assert [number(e[1]) for e in take(stream)] == list(range(20))
     abandon(spool)
     again = open_spool(tmp_path)
     assert drain(again) == list(range(10, 20))  # the unlinked file's records went with it
@@ -616,7 +616,7 @@ def test_fork_child_writes_its_own_files(tmp_path: Path) -> None:
             for i in range(100, 105):
                 spool.streams[DEST].append(1, body(i))
             adopted = spool.scan()  # the parent is alive: nothing to adopt
-            got = [number(e.body) for e in take(spool.streams[DEST])]
+            got = [number(e[1]) for e in take(spool.streams[DEST])]
             os.write(w, f"{spool.owner} {adopted} {got}".encode())
             code = 0
         except BaseException:
@@ -641,7 +641,7 @@ def test_fork_child_writes_its_own_files(tmp_path: Path) -> None:
     # The child died without closing: its 5 records are adoptable; the parent's 10 are not.
     other = open_spool(tmp_path)
     assert sorted(drain(other)) == list(range(100, 105))
-    assert [number(e.body) for e in take(stream)] == list(range(10))
+    assert [number(e[1]) for e in take(stream)] == list(range(10))
     other.close()
     spool.close()
 
@@ -680,8 +680,8 @@ def test_sigkill_torture(tmp_path: Path) -> None:
                         i += 1
                     entries = take(stream, 10)
                     if entries:
-                        os.write(wd, b"".join(b"%d\n" % number(e.body) for e in entries))
-                        stream.ack([e.token for e in entries])
+                        os.write(wd, b"".join(b"%d\n" % number(e[1]) for e in entries))
+                        stream.ack(entries)
             finally:
                 os._exit(1)
         os.close(ww)

@@ -7,7 +7,7 @@ See ``_format`` (bytes on disk), ``_log`` (one destination's FIFO and acknowledg
 from ._dir import Spool, SpoolUnavailable
 from ._files import Crash, FileOps
 from ._format import FORMAT_VERSION
-from ._log import DISK, DROPPED, FULL, MEMORY, Entry, Stream
+from ._log import DISK, DROPPED, FULL, MEMORY, NO_POS, Record, Stream
 
 __all__ = [
     "DISK",
@@ -15,9 +15,10 @@ __all__ = [
     "FORMAT_VERSION",
     "FULL",
     "MEMORY",
+    "NO_POS",
     "Crash",
-    "Entry",
     "FileOps",
+    "Record",
     "Spool",
     "SpoolUnavailable",
     "Stream",

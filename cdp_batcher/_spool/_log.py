@@ -26,9 +26,10 @@ import contextlib
 import os
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _format as fmt
 from ._files import FileOps
@@ -36,7 +37,7 @@ from ._files import FileOps
 if TYPE_CHECKING:
     from ._dir import Spool
 
-__all__ = ["DISK", "DROPPED", "FULL", "MEMORY", "AckLog", "Entry", "Segment", "Stream"]
+__all__ = ["DISK", "DROPPED", "FULL", "MEMORY", "NO_POS", "AckLog", "Record", "Segment", "Stream"]
 
 #: append() outcomes.
 DISK, MEMORY, FULL, DROPPED = 0, 1, 2, 3
@@ -51,8 +52,18 @@ ROLL_WHEN_DONE = 64 * 1024
 RETRY_AFTER = 1.0
 
 _monotonic = time.monotonic
-_frame = fmt.frame
+_pack = fmt.FRAME.pack
+_crc32 = zlib.crc32
+_MARK = fmt.MARK
 _FRAME_HEAD = fmt.FRAME.size
+
+#: A record handed out: ``(kind, body, pos)``; ``pos`` is ``segment id << 32 | offset``, or
+#: :data:`NO_POS` for a record kept in memory only (the disk had failed). Plain tuples of atomic
+#: values: the garbage collector stops tracking them, which keeps a long read-ahead cheap.
+Record = tuple[int, bytes, int]
+NO_POS = -1
+_SHIFT = 32
+_LOW = (1 << _SHIFT) - 1
 
 
 class Segment:
@@ -70,6 +81,7 @@ class Segment:
         "records",
         "sealed",
         "seq",
+        "sid",
         "size",
         "unread",
     )
@@ -90,6 +102,7 @@ class Segment:
         self.done = 0  # bytes acknowledged or unreadable
         self.records = 0  # records on disk not yet resolved
         self.unread = 0  # adopted: records counted at adoption, not yet loaded
+        self.sid = 0  # the stream's id for it (in every record position)
 
     def is_done(self) -> bool:
         return self.sealed and fmt.HEADER_SIZE + self.done >= self.size
@@ -241,14 +254,6 @@ def logical_end(ops: FileOps, fd: int, size: int) -> int:
     return fmt.HEADER_SIZE
 
 
-class Entry(NamedTuple):
-    """A record handed to the caller; give ``token`` back to :meth:`Stream.ack_locked`."""
-
-    kind: int
-    body: bytes
-    token: Optional[tuple[Segment, int, int]]  # None: in memory only (the disk had failed)
-
-
 class Stream:
     """One destination's records in one spool directory, for one process."""
 
@@ -264,6 +269,7 @@ class Stream:
         self.spool = spool
         self.dest = dest
         self.ops = spool.ops
+        self._write = spool.ops.write
         self.max_memory_records = max_memory_records
         self.max_memory_bytes = max_memory_bytes
         self.segment_bytes = segment_bytes
@@ -276,8 +282,10 @@ class Stream:
         self._own: list[Segment] = []  # this process's segments, oldest first (the active one last)
         self._adopted: deque[Segment] = deque()  # dead owners' segments with records to read, oldest first
         self._adopted_all: list[Segment] = []  # every adopted segment not yet deleted
-        self._ahead: deque[Entry] = deque()  # adopted records read, not yet taken
-        self._mem: deque[Entry] = deque()
+        self._ahead: deque[Record] = deque()  # adopted records read, not yet taken
+        self._mem: deque[Record] = deque()
+        self._segs: dict[int, Segment] = {}  # by sid: every segment a position may name
+        self._next_sid = 1
         self._mem_bytes = 0
         self._gap: Optional[tuple[Segment, int]] = None  # the first own record on disk only
         self._gap_records = 0
@@ -320,13 +328,13 @@ class Stream:
             seg = self._open_segment()
             if seg is None:
                 return self._fallback(kind, body)
-        data = _frame(kind, body)
+        data = _pack(_MARK, kind, len(body), _crc32(body, kind)) + body
         n = len(data)
         if self.bytes + n > self.allowance:
             self.spool_full += 1
             return FULL
         try:
-            written = self.ops.write(seg.fd, data)
+            written = self._write(seg.fd, data)
         except OSError as exc:
             self._disk_failed(seg, exc)
             return self._fallback(kind, body)
@@ -338,14 +346,11 @@ class Stream:
         self.bytes += n
         seg.records += 1
         self.spooled += 1
-        self.appended += 1
         if self._gap is None:
-            if (
-                len(self._mem) < self.max_memory_records
-                and self._mem_bytes + len(body) <= self.max_memory_bytes
-            ):
-                self._mem.append(Entry(kind, body, (seg, start, end)))
-                self._mem_bytes += len(body)
+            mem = self._mem
+            if len(mem) < self.max_memory_records and self._mem_bytes + n <= self.max_memory_bytes:
+                mem.append((kind, body, seg.sid << _SHIFT | start))
+                self._mem_bytes += n
             else:
                 self._gap = (seg, start)
                 self._gap_records = 1
@@ -356,9 +361,10 @@ class Stream:
         return DISK
 
     def _fallback(self, kind: int, body: bytes) -> int:
-        if len(self._mem) < self.max_memory_records and self._mem_bytes + len(body) <= self.max_memory_bytes:
-            self._mem.append(Entry(kind, body, None))
-            self._mem_bytes += len(body)
+        n = len(body) + _FRAME_HEAD
+        if len(self._mem) < self.max_memory_records and self._mem_bytes + n <= self.max_memory_bytes:
+            self._mem.append((kind, body, NO_POS))
+            self._mem_bytes += n
             self.fallback += 1
             return MEMORY
         return DROPPED
@@ -378,6 +384,7 @@ class Stream:
         self._next_seq = seq + 1
         header = fmt.file_header(fmt.SEGMENT_MAGIC)
         seg = Segment(path, seq, fd, 0, time.time_ns(), self._log, own=True)
+        self._register(seg)
         self._own.append(seg)
         self._log.segments[seq] = seg
         try:
@@ -406,6 +413,11 @@ class Stream:
             )
         self._active = seg
         return seg
+
+    def _register(self, seg: Segment) -> None:
+        seg.sid = self._next_sid
+        self._next_sid += 1
+        self._segs[seg.sid] = seg
 
     def _disk_failed(self, seg: Optional[Segment], exc: OSError) -> None:
         self.spool_errors += 1
@@ -443,9 +455,9 @@ class Stream:
     def memory_bytes(self) -> int:
         return self._mem_bytes
 
-    def take_locked(self, max_records: int) -> list[Entry]:
+    def take_locked(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, oldest first: adopted ones, then this process's."""
-        out: list[Entry] = []
+        out: list[Record] = []
         while len(out) < max_records:
             if self._ahead:
                 need = max_records - len(out)
@@ -472,7 +484,7 @@ class Stream:
                         if not mem:
                             break
                     entry = mem.popleft()
-                    self._mem_bytes -= len(entry.body)
+                    self._mem_bytes -= len(entry[1]) + _FRAME_HEAD
                     out.append(entry)
                     need -= 1
         return out
@@ -513,9 +525,10 @@ class Stream:
         while True:
             if pos < seg.size:
                 frames, bad, pos = self._read(seg, pos, seg.size)
+                sid = seg.sid << _SHIFT
                 for f in frames:
-                    self._mem.append(Entry(f.kind, f.body, (seg, f.start, f.end)))
-                    self._mem_bytes += len(f.body)
+                    self._mem.append((f.kind, f.body, sid | f.start))
+                    self._mem_bytes += f.end - f.start
                 self._gap_records -= len(frames)
                 self._bad(seg, bad)
                 if frames:
@@ -555,7 +568,7 @@ class Stream:
         seg.read_pos = consumed
         for f in frames:
             if not seg.is_acked(f.start) and seg.unread:
-                self._ahead.append(Entry(f.kind, f.body, (seg, f.start, f.end)))
+                self._ahead.append((f.kind, f.body, seg.sid << _SHIFT | f.start))
                 seg.unread -= 1
                 self._adopted_unread -= 1
         if consumed >= seg.size:
@@ -573,17 +586,21 @@ class Stream:
             seg.unread = 0
 
     # ------------------------------------------------------------------------ acknowledging
-    def ack(self, tokens: Iterable[Optional[tuple[Segment, int, int]]]) -> None:
+    def ack(self, records: Iterable[Record]) -> None:
         with self.lock:
-            self.ack_locked(tokens)
+            self.ack_locked(records)
 
-    def ack_locked(self, tokens: Iterable[Optional[tuple[Segment, int, int]]]) -> None:
+    def ack_locked(self, records: Iterable[Record]) -> None:
         """Mark records resolved: one ack-log write per segment, then delete finished segments."""
         by_seg: dict[Segment, list[tuple[int, int]]] = {}
-        for token in tokens:
-            if token is not None:
-                seg, start, end = token
-                by_seg.setdefault(seg, []).append((start, end))
+        segs = self._segs
+        for _, body, pos in records:
+            if pos >= 0:
+                seg = segs.get(pos >> _SHIFT)
+                if seg is None:
+                    continue  # its segment is gone (deleted underneath and given up)
+                start = pos & _LOW
+                by_seg.setdefault(seg, []).append((start, start + _FRAME_HEAD + len(body)))
         for seg, spans in by_seg.items():
             spans.sort()
             merged: list[list[int]] = []
@@ -630,6 +647,7 @@ class Stream:
             self.spool.warn(f"spool:{self.dest}:unlink", f"spool {seg.path}: {exc}", level="error")
         self.bytes -= seg.size
         seg.log.segments.pop(seg.seq, None)
+        self._segs.pop(seg.sid, None)
         if seg.records:
             self.spooled -= seg.records
             seg.records = 0
@@ -647,6 +665,7 @@ class Stream:
         """Take over a dead owner's segments (their lock is held by the spool now)."""
         for seg in segments:
             log.segments[seg.seq] = seg
+            self._register(seg)
             self._adopted_all.append(seg)
             self.bytes += seg.size
             seg.unread = seg.records
