@@ -721,3 +721,65 @@ def _read_all(fd: int) -> bytes:
         data += chunk
     os.close(fd)
     return data
+
+
+# ------------------------------------------------------------------------------ the queue
+def test_spool_queue_put_drain_resolve_give_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The durable queue: resolved items leave the disk, given-back ones stay, keep their base
+    and come first after the pause; a delivery resets the pause."""
+    from cdp_batcher._spool._queue import SpoolQueue, is_transient
+
+    spool = open_spool(tmp_path)
+    q = SpoolQueue(spool.streams[DEST], batch_size=10)
+    for i in range(30):
+        assert q.put((1, body(i)))
+    assert len(q) == 30 and q.accepted == 30 and q.offered == 30
+    with q.lock:
+        base_a, a = q.drained, q.drain_locked(10)
+        base_b, b = q.drained, q.drain_locked(10)
+        q.resolved_locked(b, delivered=True)
+        q.give_back_locked(base_a, a)
+    assert spool.streams[DEST].spooled == 20
+    assert q.paused and len(q) == 0 and q.queued == 20
+    with q.lock:
+        assert q.take_returned_locked(100) is None  # paused
+        q.resume_locked()
+        again = q.take_returned_locked(100)
+    assert again is not None and again[0] == base_a and [number(x[1]) for x in again[1]] == list(range(10))
+    with q.lock:
+        q.resolved_locked(again[1], delivered=True)
+        rest = q.drain_locked(100)
+        q.resolved_locked(rest, delivered=False)  # failed for good: also leaves the disk
+    assert [number(x[1]) for x in rest] == list(range(20, 30))
+    assert spool.streams[DEST].spooled == 0 and q.queued == 0
+    assert is_transient("http_503") and is_transient("connection_error") and not is_transient("http_400")
+    spool.close()
+
+
+def test_inspect_reports_records_owners_and_age(tmp_path: Path) -> None:
+    """spool inspect: records and bytes per destination, live and dead owners, oldest age."""
+    from cdp_batcher._spool._inspect import inspect_spool
+
+    dead = open_spool(tmp_path)
+    for i in range(30):
+        dead.streams[DEST].append(1, body(i))
+    dead.streams[DEST].ack(take(dead.streams[DEST], 10))
+    abandon(dead)
+    live = open_spool(tmp_path)
+    for i in range(5):
+        live.streams[DEST].append(1, body(i))
+    info = inspect_spool(str(tmp_path))
+    assert info.records == 25
+    by_alive = {o.alive: o.destinations[DEST].records for o in info.owners}
+    assert by_alive == {False: 20, True: 5}
+    total = info.destinations[DEST]
+    assert total.files == 2 and total.bytes == sum(len(body(i)) + 10 for i in range(10, 30)) + sum(
+        len(body(i)) + 10 for i in range(5)
+    )
+    age = total.oldest_age()
+    assert age is not None and 0 <= age < 60
+    live.close()  # its 5 records stay on disk for the next reader
+    reader = open_spool(tmp_path)
+    assert sorted(drain(reader)) == sorted([*range(10, 30), *range(5)])
+    reader.close()
+    assert files(tmp_path) == []

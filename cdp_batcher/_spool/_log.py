@@ -540,17 +540,25 @@ class Stream:
                 if self._gap_records:
                     # Written, but not there to read (the file was cut underneath): lost.
                     self.lost += self._gap_records
+                    self.spool_corrupt += self._gap_records
                     self._gap_records = 0
                 return
             seg, pos = nxt, fmt.HEADER_SIZE
         self._gap = (seg, pos)
 
     def pop_lost(self) -> int:
-        """Own records that could not be read back (counted once; the caller reports them)."""
+        """Records counted as waiting that turned out unreadable (once each; the caller reports them)."""
         n, self.lost = self.lost, 0
-        if n:
-            self.spool_corrupt += n
         return n
+
+    def take_memory_only_locked(self) -> list[tuple[int, bytes]]:
+        """Remove and return the records kept in memory only (the disk had failed)."""
+        out = [(k, b) for k, b, pos in self._mem if pos == NO_POS]
+        if out:
+            kept = deque(r for r in self._mem if r[2] != NO_POS)
+            self._mem = kept
+            self._mem_bytes = sum(len(r[1]) + _FRAME_HEAD for r in kept)
+        return out
 
     def _load_adopted(self) -> None:
         """Read the next chunk of the oldest adopted segment into the read-ahead."""
@@ -581,6 +589,7 @@ class Stream:
         if seg.unread:
             self._adopted_unread -= seg.unread
             self.spool_corrupt += seg.unread
+            self.lost += seg.unread
             seg.records -= seg.unread
             self.spooled -= seg.unread
             seg.unread = 0
@@ -592,6 +601,8 @@ class Stream:
 
     def ack_locked(self, records: Iterable[Record]) -> None:
         """Mark records resolved: one ack-log write per segment, then delete finished segments."""
+        if self._log is None:
+            return  # closed (or never started): the records stay on disk for the next reader
         by_seg: dict[Segment, list[tuple[int, int]]] = {}
         segs = self._segs
         for _, body, pos in records:
