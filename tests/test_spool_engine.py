@@ -736,7 +736,7 @@ def test_spool_queue_put_drain_resolve_give_back(tmp_path: Path, monkeypatch: py
     assert len(q) == 30 and q.accepted == 30 and q.offered == 30
     with q.lock:
         base_a, a = q.drained, q.drain_locked(10)
-        base_b, b = q.drained, q.drain_locked(10)
+        b = q.drain_locked(10)
         q.resolved_locked(b, delivered=True)
         q.give_back_locked(base_a, a)
     assert spool.streams[DEST].spooled == 20

@@ -433,6 +433,8 @@ class Spool:
         for stream in self.streams.values():
             with stream.lock:
                 fds.extend(stream.fds_locked())
+        with self._lock:
+            fds.extend(log.fd for _, log in self._held.values() if log.fd >= 0)
         for fd in fds:
             with contextlib.suppress(OSError):
                 self.ops.fsync(fd)
