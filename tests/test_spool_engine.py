@@ -600,6 +600,51 @@ def test_flock_adoption_between_real_processes(tmp_path: Path) -> None:
     assert files(tmp_path) == []
 
 
+READER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_spool_engine import open_spool, drain
+from pathlib import Path
+spool = open_spool(Path({path!r}))
+print("ready", flush=True)
+sys.stdin.readline()
+got = drain(spool)
+spool.close()
+print(" ".join(map(str, got)), flush=True)
+"""
+
+
+def test_two_reader_processes_race_for_a_dead_owner(tmp_path: Path) -> None:
+    """Two reader processes adopt at the same moment: each record is delivered by exactly one."""
+    writer = _spawn_writer(tmp_path, 500)
+    writer.kill()
+    writer.wait(10)
+    for pipe in (writer.stdin, writer.stdout):
+        assert pipe is not None
+        pipe.close()
+    code = READER.format(tests=str(Path(__file__).parent), path=str(tmp_path))
+    readers = [
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for r in readers:
+            assert r.stdout is not None and r.stdout.readline().strip() == "ready"
+        for r in readers:  # go together
+            assert r.stdin is not None
+            r.stdin.write("go\n")
+            r.stdin.flush()
+        outs = [r.communicate(timeout=30)[0] for r in readers]
+    finally:
+        for r in readers:
+            if r.poll() is None:
+                r.kill()
+                r.wait(10)
+    got = [[int(x) for x in out.split()] for out in outs]
+    assert sorted(got[0] + got[1]) == list(range(500))
+    assert files(tmp_path) == []
+
+
 def test_fork_child_writes_its_own_files(tmp_path: Path) -> None:
     """After os.fork() the child has a new owner directory; the parent's records stay the parent's."""
     spool = open_spool(tmp_path)
