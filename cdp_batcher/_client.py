@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from . import _queue, _worker
+from . import _concurrency, _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
 from ._errors import CDPError, ConfigError, DeliveryError, ValidationError
 from ._event import (
@@ -102,6 +102,12 @@ def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
             client.shutdown(client._cfg.shutdown_timeout)
         except Exception:  # never raise at interpreter exit
             logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
+
+
+def _unhooked_fork(ref: weakref.ReferenceType[CDPClient]) -> None:
+    client = ref()
+    if client is not None:
+        client._after_unhooked_fork()
 
 
 def _has_token(token: object) -> bool:
@@ -208,9 +214,12 @@ class CDPClient:
             )
             for dest in destinations
         )
+        for route in self._routes:  # through a weak reference: routes outlive an abandoned client
+            route.on_fork = functools.partial(_unhooked_fork, weakref.ref(self))
         self._needs_timestamp = any(d.needs_timestamp for d in destinations)
         self._closed = False
-        self._shutdown_lock = threading.Lock()
+        self._shutdown_lock = _concurrency.lock()
+        self._sync_token = _concurrency.token()
         self._shutdown_report: Optional[DeliveryReport] = None
         self._warned: set[str] = set()
         self._fast_put: Optional[Callable[[Item], bool]] = None
@@ -523,6 +532,8 @@ class CDPClient:
             return self._shutdown_report
         if _inside_pipeline():
             return self._shutdown_later(timeout)
+        if _concurrency.stale(self._sync_token):  # gevent/eventlet patched threading since: see _concurrency
+            self._shutdown_lock, self._sync_token = _concurrency.lock(), _concurrency.token()
         with self._shutdown_lock:
             if self._shutdown_report is not None:
                 return self._shutdown_report
@@ -603,13 +614,30 @@ class CDPClient:
         return Stats(enqueued=snaps["opencdp"].enqueued, destinations=types.MappingProxyType(snaps))
 
     # ------------------------------------------------------------------------------- fork
+    def _after_unhooked_fork(self) -> None:
+        """A route found itself in a child forked without Python's fork hooks (uWSGI without
+        lazy-apps or py-call-osafterfork, a C extension calling fork()): reset as the at-fork hook
+        would have, once, and say so."""
+        parent, pid = self._routes[0].pid, os.getpid()
+        if parent == pid:  # another route (or thread) of this client did it already
+            return
+        self._after_fork_in_child()
+        self._log.info(
+            "cdp_batcher: process %d was forked from %d without Python's fork hooks (uWSGI's default): "
+            "the client starts empty here, with its own threads and connections; events queued "
+            "before the fork stay the parent's",
+            pid,
+            parent,
+        )
+
     def _after_fork_in_child(self) -> None:
         if self._spool is not None:
             self._spool.after_fork_in_child()  # first: the routes' queues sit on its streams
         for route in self._routes:
             route.after_fork_in_child()
-        self._limiter._lock = threading.Lock()  # a parent thread may have held it at the fork
-        self._shutdown_lock = threading.Lock()
+        self._limiter._lock = _concurrency.lock()  # a parent thread may have held it at the fork
+        self._shutdown_lock = _concurrency.lock()
+        self._sync_token = _concurrency.token()
         self._set_fast_path()
 
     # ------------------------------------------------------------------- transactional sends

@@ -6,6 +6,10 @@ queue keeps its other counters under the same lock so that a snapshot is consist
 
 A producer wakes the flusher only when the queue goes from empty to non-empty (the flusher may
 need starting) or when a full batch is waiting; never once per event.
+
+``put`` first reads the queue's fork guard (one byte that a forked child sees zeroed, see
+``_concurrency.fork_guard``): in a process forked without Python's fork hooks (uWSGI's default)
+the item goes to ``on_fork`` instead, before the inherited lock is touched.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from ._concurrency import fork_guard
 from ._event import Item
 
 __all__ = ["EventQueue"]
@@ -22,6 +27,10 @@ __all__ = ["EventQueue"]
 
 def _nothing() -> None:
     return None
+
+
+def _refuse(item: Item) -> bool:
+    return False
 
 
 class EventQueue:
@@ -35,18 +44,24 @@ class EventQueue:
         "drained",
         "first_at",
         "full_drops",
+        "guard",
         "lock",
+        "mark",
         "max_bytes",
         "max_events",
         "offered",
         "on_batch",
         "on_first",
+        "on_fork",
     )
 
     def __init__(self, max_events: int, max_bytes: int, batch_size: int) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._batch_mark = batch_size - 1
+        #: on_batch runs when a put finds this many items queued: a full batch, then one batch
+        #: further each time (a backlog that only grows keeps calling it: the stall check).
+        self.mark = batch_size - 1
         self.lock = threading.Lock()
         self._items: deque[Item] = deque()
         self._bytes = 0
@@ -57,9 +72,13 @@ class EventQueue:
         self.first_at = 0.0  # monotonic time the queue last became non-empty
         self.on_first: Callable[[], None] = _nothing
         self.on_batch: Callable[[], None] = _nothing
+        self.guard = fork_guard()  # guard[0] == 0: this is a forked copy of the queue
+        self.on_fork: Callable[[Item], bool] = _refuse  # takes the items put into a forked copy
 
     def put(self, item: Item) -> bool:
         """Append an item unless the queue is full; True when accepted. Never blocks."""
+        if not self.guard[0]:  # forked without fork hooks: this queue, counters and lock are the parent's
+            return self.on_fork(item)
         size = len(item[1])
         with self.lock:
             self.offered += 1
@@ -74,7 +93,8 @@ class EventQueue:
                 self.first_at = time.monotonic()
         if n == 0:
             self.on_first()
-        if n == self._batch_mark:
+        if n >= self.mark:  # a full batch, or the backlog grew by another batch since
+            self.mark = n + self._batch_mark + 1
             self.on_batch()
         return True
 
@@ -91,7 +111,14 @@ class EventQueue:
             out = [popleft() for _ in range(n)]
             self._bytes -= sum(len(body) for _, body in out)
         self.drained += n
+        left = len(items)
+        self.mark = self._batch_mark if left <= self._batch_mark else left + self._batch_mark + 1
         return out
+
+    def items_unlocked(self) -> list[Item]:
+        """A copy of the queued items, read without the lock: only for a forked copy of the queue,
+        whose lock a thread of the parent (absent here) may have held at the fork."""
+        return list(self._items)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -30,6 +30,11 @@ class DestinationStats:
     earlier processes; ``spool_errors`` counts disk failures (the client then keeps events in
     memory), ``spool_corrupt`` records found unreadable and skipped. All 0 without a spool.
 
+    ``stalls`` counts the times events waited with no delivery attempt for
+    ``max(5 s, 10 x flush_interval)`` (each logged once as an ERROR naming the likely causes);
+    ``queued_bytes`` is the encoded size of what is queued; ``last_delivery_age`` the seconds since
+    an event was last delivered (None before the first).
+
     >>> s = client.stats().destinations["opencdp"]  # doctest: +SKIP
     >>> s.enqueued == s.delivered + s.failed_total + s.dropped_total + s.queued + s.in_flight  # doctest: +SKIP
     True
@@ -46,6 +51,9 @@ class DestinationStats:
     recovered: int = 0
     spool_errors: int = 0
     spool_corrupt: int = 0
+    stalls: int = 0
+    queued_bytes: int = 0
+    last_delivery_age: Optional[float] = None
 
     @property
     def failed_total(self) -> int:
@@ -68,6 +76,9 @@ class DestinationStats:
             "recovered": self.recovered,
             "spool_errors": self.spool_errors,
             "spool_corrupt": self.spool_corrupt,
+            "stalls": self.stalls,
+            "queued_bytes": self.queued_bytes,
+            "last_delivery_age": self.last_delivery_age,
         }
 
 

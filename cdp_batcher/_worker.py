@@ -22,9 +22,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from queue import SimpleQueue
+from queue import SimpleQueue  # the type only: instances come from _concurrency
 from typing import Any, Callable, Optional, Union
 
+from . import _concurrency
 from ._config import OnError
 from ._errors import CDPError
 from ._event import KIND_NAMES, Item
@@ -44,6 +45,24 @@ _MAX_PENDING_REPORTS = 1000
 #: Requests and retry waits end this long before a shutdown deadline, so that their outcome is
 #: counted by the deadline (a report then has nothing pending that was cut short).
 RESOLVE_MARGIN = 0.05
+
+#: Events queued with no dispatcher run and nothing in flight for this long (at least; else
+#: STALL_INTERVALS flush intervals) is a stall: logged once as an ERROR, counted in stats().
+STALL_MIN_SECONDS = 5.0
+STALL_INTERVALS = 10
+
+_STALL_CAUSES = (
+    "Likely causes, and what to do: "
+    "(1) the process was forked in a way the client could not see (build the client after the "
+    "fork: uWSGI lazy-apps, a post-fork hook); "
+    "(2) gevent/eventlet monkey-patching after the client started its threads (patch first: "
+    "monkey.patch_all() before importing cdp_batcher or your app); "
+    "(3) a blocked event loop or a greenlet that never yields (find the blocking call: the "
+    "client's thread cannot run until it returns); "
+    "(4) threads disabled (uWSGI: add enable-threads = true). "
+    "Queued events are kept (up to max_queue_size) and sent once the flusher runs; "
+    "stats() counts this as 'stalls'."
+)
 
 #: A dispatcher waiting for a sender reads the destination's concurrency_hint() again this often
 #: (a hint that rises, e.g. when requests turn slow, is seen before a sender frees up).
@@ -81,11 +100,18 @@ class _SenderPool:
         self._run = run
         self._name = name
         self._taken = 0  # slots taken by acquire, not yet given back
-        self._freed = threading.Condition(threading.Lock())
-        self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
-        self._lock = threading.Lock()
+        self.make_sync()
+
+    def make_sync(self) -> None:
+        """(Re)make the pool's locks and job queue from the threading module in force; only while
+        no sender thread is alive (see _concurrency)."""
+        if any(t.is_alive() for t in self._threads):
+            return
+        self._freed = _concurrency.condition()
+        self._jobs: SimpleQueue[Optional[tuple[int, list[Item]]]] = _concurrency.simple_queue()
+        self._lock = _concurrency.lock()
 
     def acquire(self, timeout: Optional[float], limit: Callable[[], int]) -> bool:
         """Take a slot once fewer than ``limit()`` (1 to ``size``; read again at least every
@@ -228,6 +254,7 @@ class _Control:
                 route._in_flight -= n
                 if bucket == DELIVERED:
                     route._delivered += n
+                    route._delivered_at = _monotonic()
                 elif bucket == FAILED:
                     route._failed[reason] += n
                 else:
@@ -267,6 +294,9 @@ class Route:
         self._interval = flush_interval
         self._on_error = on_error
         self._limiter = limiter
+        #: Called when this route finds itself in a child forked without Python's fork hooks; the
+        #: client sets it to its own reset (every route, once). Default: reset this route only.
+        self.on_fork: Callable[[], None] = self.after_fork_in_child
         self._reset()
 
     # ------------------------------------------------------------------ state (also after fork)
@@ -278,33 +308,69 @@ class Route:
         )
         self._spool = self.queue if isinstance(self.queue, SpoolQueue) else None
         self._given_back = 0  # items given back to the spool, not yet taken again (all outstanding)
-        self._lock = self.queue.lock
-        self._progress = threading.Condition(self._lock)
-        self._deadline_cond = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
-        self._start_lock = threading.Lock()
         self.queue.on_first = self._on_first
-        self.queue.on_batch = self._wake.set
+        self.queue.on_fork = self._put_after_fork
         self._delivered = 0
         self._retried = 0
         self._in_flight = 0
         self._failed: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._ran_at = _monotonic()  # the dispatcher's last loop (it drains whatever is due)
+        self._delivered_at: Optional[float] = None  # the last delivery (monotonic)
+        self._stalls = 0
+        self._stall_open = False  # logged for the current stall; cleared when the dispatcher runs
         self._outstanding: dict[int, int] = {}  # batch base sequence -> items not yet resolved
         self._backlog: deque[tuple[int, list[Item]]] = deque()  # units drained, not yet sending
         self._flush_target = 0
         self._stopping = False
         self._deadline: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
+        self.pid = os.getpid()  # the process this route's state belongs to
+        self._guard_works = _concurrency.fork_guard_works(self.queue.guard)
         self._rejects: deque[tuple[list[Item], str, BaseException]] = deque()
         self._full_seen = 0
         self._pool = _SenderPool(self.dest.concurrency, self._run_unit, f"cdp_batcher-{self.name}")
+        self._make_sync()
+
+    def _make_sync(self) -> None:
+        """(Re)make the route's locks, conditions and wake-up event from the threading module in
+        force. At construction and after fork; again at a thread start when gevent/eventlet
+        patched threading since (gunicorn -k gevent --preload: see _concurrency)."""
+        self._made_with = _concurrency.token()
+        lock = self.queue.lock = _concurrency.lock()
+        self._lock = lock
+        self._progress = _concurrency.condition(lock)
+        self._deadline_cond = _concurrency.condition()
+        self._wake = _concurrency.event()
+        self._start_lock = _concurrency.lock()
+        self.queue.on_batch = self._on_batch
+        self._pool.make_sync()
 
     def after_fork_in_child(self) -> None:
         """The child starts empty, with its own lock, thread and connections."""
         self._reset()
         self.dest.after_fork()
+
+    def forked(self) -> bool:
+        """True in a child forked without fork hooks, before :attr:`on_fork` reset this route: the
+        queue's fork guard was wiped (or, where there is none, the PID changed)."""
+        if self._guard_works:
+            return not self.queue.guard[0]
+        return self.pid != os.getpid()
+
+    def adopt_fork(self) -> None:
+        """At the entry of flush, shutdown and stats: reset first if this is a forked copy."""
+        if self.forked():
+            self.on_fork()
+
+    def _put_after_fork(self, item: Item) -> bool:
+        """EventQueue.on_fork: ``item`` was put into the parent's copy of the queue. Reset (once,
+        through on_fork), then queue it in this process's own queue."""
+        if self.forked():
+            self.on_fork()
+            if self.forked():  # an on_fork that did not reset this route
+                self.after_fork_in_child()
+        return self.queue.put(item)
 
     # ------------------------------------------------------------------------------ producers
     @property
@@ -314,6 +380,7 @@ class Route:
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
+        self.adopt_fork()
         report = error is not None and self._on_error is not None
         with self._lock:
             self.queue.offered += 1
@@ -330,6 +397,7 @@ class Route:
 
     def send_now(self, item: Item) -> Optional[tuple[str, BaseException]]:
         """sync_mode: send one item from the calling thread; the failure, if any."""
+        self.adopt_fork()
         with self._lock:
             self.queue.offered += 1
             self._in_flight += 1
@@ -338,12 +406,12 @@ class Route:
         return ctl.first_error
 
     def _on_first(self) -> None:
+        if self.pid != os.getpid():  # forked without hooks where no fork guard works: see _adopt_copy
+            self._adopt_copy()
+            return
         thread = self._thread
         if (
-            (thread is None or self._pid != os.getpid() or not thread.is_alive())
-            and not self._ensure_thread()
-            and self._stopping
-            and self._pid == os.getpid()
+            (thread is None or not thread.is_alive()) and not self._ensure_thread() and self._stopping
         ):  # a call that raced shutdown() onto a queue no flusher will drain again
             self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
 
@@ -414,9 +482,65 @@ class Route:
             return not self._outstanding
         return sum(self._outstanding.values()) <= self._given_back
 
+    def _on_batch(self) -> None:
+        """EventQueue.on_batch (a full batch waits, or the backlog grew by another batch): wake
+        the dispatcher, and check from the caller's thread that one is running."""
+        if (
+            len(self.queue) <= self._batch_size
+        ):  # a growing backlog: the dispatcher is awake already, or stalled
+            self._wake.set()
+        self.check_stall()
+
+    def check_stall(self) -> None:
+        """Log one ERROR (and count a stall) when events have been queued, nothing is in flight
+        and no dispatcher ran for ``max(STALL_MIN_SECONDS, STALL_INTERVALS * flush_interval)``.
+        Runs on callers' threads (a growing backlog, stats(), flush()): never needs the
+        flusher, which is what is missing."""
+        if self._stall_open or self._stopping or not len(self.queue) or self._in_flight:
+            return
+        now = _monotonic()
+        idle = now - max(self.queue.first_at, self._ran_at)
+        if idle < max(STALL_MIN_SECONDS, STALL_INTERVALS * self._interval):
+            return
+        with self._lock:
+            if self._stall_open:
+                return
+            self._stall_open = True
+            self._stalls += 1
+        thread = self._thread
+        alive = thread is not None and thread.is_alive()
+        patched = _concurrency.patched()
+        self._limiter.logger.error(
+            "cdp_batcher: %s: %d event(s) queued and no delivery attempt for %.0f s: the flusher "
+            "thread is %s%s. %s",
+            self.name,
+            len(self.queue),
+            idle,
+            "alive but not running" if alive else "not running",
+            f" ({patched} has monkey-patched threading in this process)" if patched else "",
+            _STALL_CAUSES,
+        )
+        if not alive:
+            self._ensure_thread()
+
+    def _adopt_copy(self) -> None:
+        """Without a fork guard the first put in a child forked without hooks lands in the parent's
+        copy of the queue; it was empty before that put (this is the empty-to-non-empty branch), so
+        what it holds now is this process's: reset, then queue it again in the new queue."""
+        items = self.queue.items_unlocked()
+        self.on_fork()
+        if self.pid != os.getpid():
+            self.after_fork_in_child()
+        for item in items:
+            self.queue.put(item)
+
     def _ensure_thread(self) -> bool:
+        if _concurrency.stale(self._made_with):
+            thread = self._thread
+            if thread is None or not thread.is_alive():  # nothing waits on the old objects
+                self._make_sync()
         with self._start_lock:
-            if self._pid != os.getpid():  # forked by a path that ran no at-fork hook
+            if self.forked():  # a forked copy not yet reset (adopt_fork) must never send
                 return False
             thread = self._thread
             if thread is not None and thread.is_alive():
@@ -443,6 +567,8 @@ class Route:
             with lock:
                 n = len(queue)
                 now = _monotonic()
+                self._ran_at = now
+                self._stall_open = False
                 deadline = self._deadline
                 expired = self._stopping and deadline is not None and now >= deadline
                 if not expired:
@@ -584,6 +710,8 @@ class Route:
         """Ask for everything queued so far to be sent now; returns (target, counters before).
 
         When no flusher thread can run (interpreter shutdown), sends from the calling thread."""
+        self.adopt_fork()
+        self.check_stall()
         with self._lock:
             target = self.queue.accepted
             if self._spool is not None:
@@ -593,7 +721,7 @@ class Route:
             before = (self._delivered, Counter(self._failed), Counter(self._dropped))
             waiting = len(self.queue) > 0 or bool(self._rejects)
         self._wake.set()
-        if waiting and not self._ensure_thread() and inline and self._pid == os.getpid():
+        if waiting and not self._ensure_thread() and inline and not self.forked():
             self._run(inline=True, until=deadline)
         return target, before
 
@@ -663,7 +791,7 @@ class Route:
         if (
             (thread is None or not thread.is_alive())
             and (len(self.queue) or self._rejects)
-            and self._pid == os.getpid()
+            and not self.forked()
         ):  # no flusher ran, or a call raced its exit
             self._run(inline=True, until=deadline)
         self._pool.stop(deadline)
@@ -674,6 +802,8 @@ class Route:
 
     # ---------------------------------------------------------------------------------- stats
     def snapshot(self) -> DestinationStats:
+        self.adopt_fork()
+        self.check_stall()
         with self._lock:
             dropped = Counter(self._dropped)
             spool = self._spool
@@ -703,4 +833,7 @@ class Route:
                 retried=self._retried,
                 queued=len(self.queue),
                 in_flight=self._in_flight,
+                stalls=self._stalls,
+                queued_bytes=self.queue.nbytes,
+                last_delivery_age=None if self._delivered_at is None else _monotonic() - self._delivered_at,
             )

@@ -211,3 +211,13 @@ def fast_sink() -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The server matrix (tests/test_servers.py): one row per cell that ran."""
+    servers = sys.modules.get("servers")
+    results = getattr(servers, "RESULTS", None)
+    if results:
+        terminalreporter.section("server matrix")
+        for line in servers.format_table(results):  # type: ignore[union-attr]
+            terminalreporter.write_line(line)

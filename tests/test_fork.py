@@ -8,6 +8,7 @@ through a pipe and exit with os._exit; every wait on a child is bounded.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -21,7 +22,8 @@ from typing import Any, Callable
 
 import pytest
 
-from cdp_batcher import CDPClient
+from cdp_batcher import CDPClient, _concurrency
+from cdp_batcher import _queue as _queue_module
 from cdp_batcher.testing import Collector
 
 from conftest import API_KEY, MakeClient, assert_accounted, run_python
@@ -314,3 +316,164 @@ def test_client_shut_down_before_fork_stays_closed_in_child(collector: Collector
     result = in_child(child)
     assert result["exit"] == 0 and result["dropped"] == {"shutdown": 1}, result
     assert collector.count() == 0
+
+
+# ------------------------------------------------------------------- forks without fork hooks
+def _libc_fork() -> int:
+    """fork() called from C, as uWSGI does: Python's at-fork hooks (os.register_at_fork) do not
+    run. PyDLL keeps the GIL held across the call, as uWSGI's master holds it when it forks."""
+    import ctypes
+
+    return int(ctypes.PyDLL(None).fork())
+
+
+def in_unhooked_child(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """:func:`in_child` with a fork that runs no Python fork hook."""
+    read_end, write_end = os.pipe()
+    pid = _libc_fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(int(CHILD_TIMEOUT) + 5)
+            os.write(write_end, json.dumps(body()).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        data = _read_pipe(read_end, CHILD_TIMEOUT)
+    finally:
+        os.close(read_end)
+    code = _wait_child(pid, CHILD_TIMEOUT)
+    result: dict[str, Any] = json.loads(data) if data else {"error": "no result"}
+    result["exit"] = code
+    return result
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(params=["fork_guard", "pid_fallback"])
+def guard_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With the MADV_WIPEONFORK guard, and without it (other platforms: the PID is compared at
+    the empty-to-non-empty branch instead)."""
+    if request.param == "pid_fallback":
+        monkeypatch.setattr(_queue_module, "fork_guard", lambda: bytearray(b"\x01"))
+    else:
+        probe = _concurrency.fork_guard()
+        if not _concurrency.fork_guard_works(probe):
+            pytest.skip("no MADV_WIPEONFORK on this kernel/platform")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("first_call", ["track", "stats"])
+def test_fork_without_hooks_behaves_like_os_fork(
+    collector: Collector, make_client: MakeClient, guard_mode: str, first_call: str
+) -> None:
+    """uWSGI's default: a C fork() that runs no Python fork hook. The child's first call (a
+    track, or stats) resets the client once: it starts empty, delivers what it tracks with its
+    own thread and connections, logs one INFO line; the parent's queued events are never sent by
+    the child."""
+    client = make_client(flush_interval=60.0)
+    # Without a guard a child's track() into a non-empty copy of the queue is not seen (no
+    # empty-to-non-empty branch) until flush: the fallback is tested with an empty queue at fork.
+    queued_in_parent = 0 if guard_mode == "pid_fallback" else 5
+    for i in range(queued_in_parent):
+        client.track("parent", "before_fork", {"i": i})
+    lines = _Lines()
+    logger = logging.getLogger("cdp_batcher")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+
+    def child() -> dict[str, Any]:
+        lines.records.clear()
+        start = None
+        if first_call == "stats":
+            start = client.stats().destinations["opencdp"].as_dict()
+        for i in range(7):
+            client.track("child", "in_child", {"i": i})
+        report = client.flush(timeout=10)
+        info = [r.getMessage() for r in lines.records if "without Python's fork hooks" in r.getMessage()]
+        return {"start": start, "ok": bool(report), "delivered": report.delivered, "info": info}
+
+    try:
+        result = in_unhooked_child(child)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert result["exit"] == 0, result
+    assert result["ok"] and result["delivered"] == 7, result
+    if first_call == "stats":
+        assert result["start"]["enqueued"] == 0 and result["start"]["queued"] == 0, result
+    assert len(result["info"]) == 1 and "forked from" in result["info"][0], result
+    assert client.flush(timeout=10)
+    assert by_identifier(collector) == Counter({"child": 7, "parent": queued_in_parent})
+
+
+def test_fork_without_hooks_while_a_parent_thread_holds_the_queue_lock(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    """The parent's flusher held the queue's lock at the moment of the fork: the child's track()
+    reads the fork guard before that lock and never blocks on it."""
+    probe = _concurrency.fork_guard()
+    if not _concurrency.fork_guard_works(probe):
+        pytest.skip("no MADV_WIPEONFORK on this kernel/platform")
+    client = make_client(flush_interval=60.0)
+    client.track("parent", "queued")
+    route = client._routes[0]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with route.queue.lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+
+        def child() -> dict[str, Any]:
+            client.track("child", "while_lock_held")
+            report = client.flush(timeout=5)
+            return {"ok": bool(report), "delivered": report.delivered}
+
+        result = in_unhooked_child(child)
+    finally:
+        release.set()
+        holder.join(5)
+    assert result["exit"] == 0 and result["ok"] and result["delivered"] == 1, result
+    assert client.flush(timeout=10)
+    assert by_identifier(collector) == {"parent": 1, "child": 1}
+
+
+def test_shutdown_in_an_idle_child_forked_without_hooks(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    """uwsgi.atexit in a worker that never tracked: shutdown() resets first, reports success, and
+    neither sends nor drops the parent's queued events (it used to drop them as shutdown_timeout)."""
+    client = make_client(flush_interval=60.0)
+    for i in range(3):
+        client.track("parent", "before_fork", {"i": i})
+
+    def child() -> dict[str, Any]:
+        report = client.shutdown(timeout=3)
+        stats = client.stats().destinations["opencdp"]
+        return {"ok": bool(report), "dropped": dict(stats.dropped), "enqueued": stats.enqueued}
+
+    result = in_unhooked_child(child)
+    assert result["exit"] == 0, result
+    assert result == {"ok": True, "dropped": {}, "enqueued": 0, "exit": 0}
+    assert client.flush(timeout=10)
+    assert by_identifier(collector) == {"parent": 3}

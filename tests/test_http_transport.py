@@ -12,14 +12,10 @@ import pytest
 import requests
 import requests.adapters
 
-from cdp_batcher.destinations._http import (
-    Answer,
-    HttpTransport,
-    TransportError,
-    _BadAnswer,
-    _connect_error,
-    _read_answer,
-)
+from cdp_batcher.destinations._fast import FastTransport
+from cdp_batcher.destinations._http import Answer, HttpTransport, TransportError
+from cdp_batcher.destinations._reader import read_answer
+from cdp_batcher.destinations._transport import BadAnswer, classify
 from cdp_batcher.testing import Collector
 
 pytestmark = pytest.mark.timeout(30)
@@ -66,7 +62,7 @@ def test_keep_alive_reuses_one_connection(collector: Collector, own: HttpTranspo
     for _ in range(5):
         assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
     assert collector.count() == 5
-    assert own._lanes[collector.url + TRACK].pool.num_connections == 1
+    assert own._path._lanes[collector.url + TRACK].pool.num_connections == 1
 
 
 def test_get_without_body(collector: Collector, own: HttpTransport) -> None:
@@ -204,7 +200,7 @@ def test_environment_proxy_is_honoured(
     url = "http://gateway.example.invalid" + TRACK
     answer = own.request("POST", url, body=BODY, headers=HEADERS, timeout=5)
     assert answer.ok
-    lane = own._lanes[url]
+    lane = own._path._lanes[url]
     assert lane.direct is False and lane.target == url
     assert lane.settings["proxies"].get("http") == collector.url
     (req,) = collector.requests
@@ -214,7 +210,7 @@ def test_environment_proxy_is_honoured(
 def test_tls_verification_stays_on() -> None:
     """An https URL resolves to a pool that verifies certificates against a CA bundle."""
     transport = HttpTransport(None, pool_size=2)
-    lane = transport._resolve("https://gateway.example.invalid/v1/persons/track")
+    lane = FastTransport(transport.session)._resolve("https://gateway.example.invalid/v1/persons/track")
     assert lane.direct and lane.target == "/v1/persons/track"
     assert lane.pool.cert_reqs == "CERT_REQUIRED" and lane.pool.ca_certs
     transport.close()
@@ -274,22 +270,23 @@ def test_tls_verifies_and_honours_the_environment_ca_bundle(
     strict = HttpTransport(None, pool_size=2)
     with pytest.raises(TransportError) as info:
         strict.request("POST", url + TRACK, body=BODY, headers=HEADERS, timeout=5)
-    assert info.value.maybe_sent is False and "TLS" in str(info.value)
+    assert info.value.maybe_sent is False and info.value.reason == "certificate_error"
+    assert "REQUESTS_CA_BUNDLE" in str(info.value) and "CURL_CA_BUNDLE" in str(info.value)
     strict.close()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
     trusting = HttpTransport(None, pool_size=2)
     for _ in range(3):
         assert trusting.request("POST", url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
-    assert trusting._lanes[url + TRACK].pool.num_connections == 1
+    assert trusting._path._lanes[url + TRACK].pool.num_connections == 1
     trusting.close()
 
 
 def test_connect_errors_are_not_sent() -> None:
     """Failures to connect (refused, timeout, TLS) never count as maybe sent."""
     for exc in (ConnectionRefusedError(), socket.timeout(), OSError("unreachable")):
-        error = _connect_error(exc)
+        error = classify(exc, sent=False)
         assert error.maybe_sent is False
-    assert _connect_error(socket.timeout()).reason == "timeout"
+    assert classify(socket.timeout(), sent=False).reason == "timeout"
 
 
 # ------------------------------------------------------------------------------- a user's Session
@@ -355,7 +352,7 @@ class _Feed:
 
 
 def _read(*pieces: bytes, head_only: bool = False) -> tuple[int, Optional[str], bytes, bool]:
-    return _read_answer(_Feed(*pieces), head_only)
+    return read_answer(_Feed(*pieces).recv, head_only)
 
 
 def test_reader_content_length_in_pieces() -> None:
@@ -385,9 +382,9 @@ def test_reader_rejects_an_endless_chunk_line_or_trailer() -> None:
     """A chunk-size line or a trailer with no end is refused once past the head limit."""
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     endless = b"a" * 4096
-    with pytest.raises(_BadAnswer, match="too long"):
+    with pytest.raises(BadAnswer, match="too long"):
         _read(head + b"1", *([endless] * 20))
-    with pytest.raises(_BadAnswer, match="too long"):
+    with pytest.raises(BadAnswer, match="too long"):
         _read(head + b"0\r\nTrailer: ", *([endless] * 20))
 
 
@@ -416,7 +413,7 @@ def test_reader_head_and_no_content() -> None:
 )
 def test_reader_bad_answers(raw: bytes) -> None:
     """Truncated or malformed answers raise (classified as connection errors, maybe sent)."""
-    with pytest.raises(_BadAnswer):
+    with pytest.raises(BadAnswer):
         _read(raw)
 
 

@@ -97,7 +97,8 @@ def test_queue_bounds_by_count_and_bytes_and_drains_fifo() -> None:
 
 
 def test_queue_wakes_on_first_event_and_on_full_batch_only() -> None:
-    """The producer signals on the empty→non-empty transition and on a full batch, not per event."""
+    """The producer signals on the empty→non-empty transition, on a full batch and on each further
+    batch of growth (the stall check), never per event; a drain starts the count again."""
     q = EventQueue(max_events=100, max_bytes=10_000, batch_size=3)
     firsts: list[int] = []
     batches: list[int] = []
@@ -105,7 +106,12 @@ def test_queue_wakes_on_first_event_and_on_full_batch_only() -> None:
     q.on_batch = lambda: batches.append(len(q))
     for _ in range(7):
         q.put((TRACK, b"x"))
-    assert firsts == [1] and batches == [3]
+    assert firsts == [1] and batches == [3, 6]
+    with q.lock:
+        q.drain_locked(6)
+    q.put((TRACK, b"x"))
+    q.put((TRACK, b"x"))
+    assert batches == [3, 6, 3]
 
 
 def test_ulid_is_26_crockford_chars_time_ordered() -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+from .._concurrency import fork_guard
 from .._event import Item
 from ._log import DROPPED, FULL, NO_POS, Record, Stream
 
@@ -45,6 +46,10 @@ def _nothing() -> None:
     return None
 
 
+def _refuse(item: Item) -> bool:
+    return False
+
+
 class SpoolQueue:
     """A FIFO of ``(kind, body)`` items kept in a spool :class:`Stream`."""
 
@@ -52,7 +57,8 @@ class SpoolQueue:
 
     def __init__(self, stream: Stream, batch_size: int) -> None:
         self.stream = stream
-        self.lock = stream.lock
+        self.guard = fork_guard()  # guard[0] == 0: this is a forked copy of the queue
+        self.on_fork: Callable[[Item], bool] = _refuse
         self.max_events = stream.max_memory_records
         self.max_bytes = stream.max_memory_bytes
         self._batch_mark = batch_size - 1
@@ -73,8 +79,23 @@ class SpoolQueue:
         stream.on_available = self._on_available
 
     # ----------------------------------------------------------------------------- producers
+    @property
+    def lock(self) -> Any:
+        """The stream's lock (the route may replace it: the stream then uses the new one)."""
+        return self.stream.lock
+
+    @lock.setter
+    def lock(self, lock: Any) -> None:
+        self.stream.lock = lock
+
+    def items_unlocked(self) -> list[Item]:
+        """A hook-less fork's copy: nothing to move (the records are in the parent's files)."""
+        return []
+
     def put(self, item: Item) -> bool:
         """Append an item (to disk); True when kept. Never blocks on anything but the lock."""
+        if not self.guard[0]:  # forked without fork hooks: this queue is the parent's
+            return self.on_fork(item)
         with self.lock:
             self.offered += 1
             status = self.stream.append_locked(item[0], item[1])

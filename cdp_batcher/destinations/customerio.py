@@ -45,6 +45,7 @@ from .._event import (
 from .._retry import RetryPolicy
 from ._base import Destination, DeviceInfo, SendControl
 from ._http import Answer, HttpTransport, TransportError
+from ._transport import PERMANENT_REASONS, clean_text
 
 __all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_ENTRY_BYTES", "CustomerIoDestination"]
 
@@ -219,7 +220,11 @@ class CustomerIoDestination(Destination):
                         f"customerio: {self.host} answered 401 Unauthorized: check customer_io "
                         "site_id and api_key (Track API credentials, not an App API key)",
                     )
-            if reason == "deadline" or (answer is not None and not policy.is_retryable_status(answer.status)):
+            if (
+                reason == "deadline"
+                or reason in PERMANENT_REASONS
+                or (answer is not None and not policy.is_retryable_status(answer.status))
+            ):
                 ctl.failed(chunk, reason, error)
                 return None
             delay = policy.next_delay(delays, answer.retry_after if answer is not None else None)
@@ -326,7 +331,7 @@ def _rejected_entries(content: bytes, count: int) -> dict[int, str]:
         text = ": ".join(parts) or "rejected"
         if field:
             text += f" (field {field})"
-        rejected[index] = text[:_MAX_REASON_TEXT]
+        rejected[index] = clean_text(text, _MAX_REASON_TEXT)
     return rejected
 
 

@@ -36,6 +36,7 @@ from .._event import (
 from .._retry import NOT_SENT, RetryPolicy
 from ._base import Destination, DeviceInfo, SendControl
 from ._http import Answer, HttpTransport, TransportError
+from ._transport import PERMANENT_REASONS, clean_text
 
 __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "server_message"]
 
@@ -109,7 +110,7 @@ def server_message(answer: Answer) -> str:
         for key in ("message", "error"):
             value = data.get(key)
             if isinstance(value, str) and value.strip():
-                return value.strip()[:300]
+                return clean_text(value)
     return answer.error_text()
 
 
@@ -277,7 +278,9 @@ class OpenCdpDestination(Destination):
             return None
         assert error is not None
         state.attempts += 1
-        if answer is not None and not policy.is_retryable_status(answer.status):
+        if reason in PERMANENT_REASONS or (
+            answer is not None and not policy.is_retryable_status(answer.status)
+        ):
             ctl.failed((item,), reason, error)
             return None
         delay = policy.next_delay(state.delays, answer.retry_after if answer is not None else None)

@@ -1,0 +1,311 @@
+"""The fast path: the library's own Session, one ``sendall`` and a small reader per request.
+
+The Session is used for its configuration, resolved once per URL: the environment's proxies
+and CA bundle (``session.merge_environment_settings``), and the connection pool of its mounted
+``HTTPAdapter`` (``get_connection_with_tls_context`` plus ``cert_verify``: TLS verification
+stays on, certifi's bundle unless the environment names another). What requests would redo for
+every call — merging settings, looking up proxies, building a ``PreparedRequest`` and a
+``Response``, cookie jars, hooks, ``http.client``'s header parsing — is skipped: each request is
+one ``sendall`` of a head encoded once per (URL, headers) plus the body, on a pooled urllib3
+connection (``_get_conn``/``_put_conn``, the connection's ``sock``), and the answer is read by
+:func:`._reader.read_answer` under the request's deadline. A URL that goes through a proxy is
+sent by the public path (``urlopen``: urllib3 adds the proxy's headers). ``.netrc`` credentials
+are not looked up: every destination sends its own Authorization.
+
+It relies on requests' and urllib3's internals; :func:`capable` checks them once and
+:class:`~._http.HttpTransport` falls back to the public path when they are not as expected.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import requests
+import requests.structures
+import requests.utils
+import urllib3.exceptions
+from requests.auth import _basic_auth_str
+
+from .._retry import parse_retry_after
+from ._public import PoolTransport
+from ._reader import read_answer
+from ._transport import Answer, DeadlinePassed, TransportError, classify
+
+__all__ = ["FastTransport", "capable"]
+
+#: Cached (URL, method, headers, auth) heads and resolved URLs, each, before the cache restarts.
+_MAX_CACHED = 64
+#: A body larger than this is sent in slices of this size, each under the deadline (TLS
+#: ``sendall`` bounds each record write, not the whole).
+_SLICE = 256 * 1024
+#: Send errors after which the answer already waiting in the socket is still read (an early
+#: 413, or a 401, sent by a server that stopped reading the body).
+_EARLY_ANSWER_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EPROTOTYPE, errno.ESHUTDOWN})
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_clock = time.monotonic
+
+
+def capable(session: requests.Session, url: str) -> Optional[str]:
+    """None when the internals the fast path uses are there for ``url``; else what is missing."""
+    adapter: Any = session.get_adapter(url)
+    for name in ("cert_verify", "request_url"):
+        if not callable(getattr(adapter, name, None)):
+            return f"HTTPAdapter.{name}"
+    if not callable(getattr(adapter, "get_connection_with_tls_context", None)) and not callable(
+        getattr(adapter, "get_connection", None)
+    ):
+        return "HTTPAdapter.get_connection_with_tls_context"
+    if not callable(getattr(requests.utils, "select_proxy", None)):
+        return "requests.utils.select_proxy"
+    pool = _pool(session, url)
+    for name in ("_get_conn", "_put_conn", "urlopen"):
+        if not callable(getattr(pool, name, None)):
+            return f"HTTPConnectionPool.{name}"
+    conn = pool._get_conn()
+    try:
+        if not hasattr(conn, "sock") or not callable(getattr(conn, "connect", None)):
+            return "HTTPConnection.sock/connect"
+        if conn.sock is not None and not isinstance(conn.sock, socket.socket):
+            return "HTTPConnection.sock is a socket"
+    finally:
+        pool._put_conn(conn)
+    return None
+
+
+def _pool(session: requests.Session, url: str) -> Any:
+    adapter: Any = session.get_adapter(url)
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    prepared = requests.Request("POST", url).prepare()
+    if hasattr(adapter, "get_connection_with_tls_context"):
+        return adapter.get_connection_with_tls_context(
+            prepared,
+            settings.get("verify", True),
+            proxies=settings.get("proxies") or {},
+            cert=settings.get("cert"),
+        )
+    return adapter.get_connection(url, settings.get("proxies") or {})  # requests < 2.32.2
+
+
+class _Lane:
+    """One URL resolved on the library's own Session: its pool and how to address it."""
+
+    __slots__ = ("direct", "host", "pool", "proxy", "settings", "target")
+
+    def __init__(
+        self, pool: Any, target: str, host: str, proxy: Optional[str], settings: dict[str, Any]
+    ) -> None:
+        self.pool = pool
+        self.target = target  # request-target: the path (direct) or the whole URL (proxied http)
+        self.host = host
+        self.direct = not proxy
+        self.proxy = proxy
+        self.settings = settings
+
+
+class FastTransport:
+    """Requests on the library's own Session through its adapter's urllib3 pools (see module)."""
+
+    def __init__(self, session: requests.Session) -> None:
+        self.session = session
+        self._public = PoolTransport(session)
+        self._lanes: dict[str, _Lane] = {}
+        self._heads: dict[tuple[str, str, int, Any], tuple[object, bytes, dict[str, Any]]] = {}
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Optional[bytes],
+        headers: Mapping[str, str],
+        timeout: float,
+        auth: Optional[tuple[str, str]] = None,
+    ) -> Answer:
+        """Send one request within ``timeout`` seconds in all; the answer or TransportError.
+
+        ``headers`` is treated as immutable: the request head is encoded once per (URL, method,
+        headers object, auth) and reused.
+        """
+        deadline = _clock() + timeout
+        key = (url, method, id(headers), auth)
+        cached = self._heads.get(key)
+        if cached is None or cached[0] is not headers:
+            cached = self._prepare(key, headers, auth)
+        lane = self._lanes.get(url) or self._resolve(url)
+        if lane.direct:
+            return self._send(lane, cached[1], method, body, deadline)
+        return self._public.send_pool(
+            lane.pool, lane.target, method, body, cached[2], deadline, proxy=lane.proxy
+        )
+
+    # ---------------------------------------------------------------------------- preparing
+    def _prepare(
+        self, key: tuple[str, str, int, Any], headers: Mapping[str, str], auth: Optional[tuple[str, str]]
+    ) -> tuple[object, bytes, dict[str, Any]]:
+        url, method = key[0], key[1]
+        lane = self._lanes.get(url) or self._resolve(url)
+        merged = requests.structures.CaseInsensitiveDict(self.session.headers)
+        merged.update(headers)
+        merged["Accept-Encoding"] = "identity"  # the reader does not decompress
+        merged.pop("Content-Length", None)
+        merged.pop("Transfer-Encoding", None)
+        merged.pop("Host", None)
+        if auth is not None:
+            merged["Authorization"] = _basic_auth_str(*auth)
+        lines = [f"{method} {lane.target} HTTP/1.1", f"Host: {lane.host}"]
+        for name, value in merged.items():
+            if value is None:
+                continue
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if not _TOKEN.match(name) or _BAD_VALUE.search(text):
+                raise TransportError(
+                    "connection_error", f"request error (invalid header {name!r})", maybe_sent=False
+                )
+            lines.append(f"{name}: {text}")
+        try:
+            head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise TransportError(
+                "connection_error", "request error (header value not latin-1)", maybe_sent=False
+            ) from None
+        if len(self._heads) >= _MAX_CACHED:
+            self._heads = {}
+        entry = (headers, head, dict(merged))
+        self._heads[key] = entry
+        return entry
+
+    def _resolve(self, url: str) -> _Lane:
+        """Proxies, CA bundle and pool for ``url``, from the Session and the environment, once."""
+        session = self.session
+        try:
+            settings = session.merge_environment_settings(url, {}, None, None, None)
+            prepared = requests.Request("POST", url).prepare()
+            adapter: Any = session.get_adapter(url)
+            proxies = settings.get("proxies") or {}
+            verify, cert = settings.get("verify", True), settings.get("cert")
+            if hasattr(adapter, "get_connection_with_tls_context"):
+                pool = adapter.get_connection_with_tls_context(prepared, verify, proxies=proxies, cert=cert)
+            else:  # requests < 2.32.2
+                pool = adapter.get_connection(url, proxies)
+            adapter.cert_verify(pool, url, verify, cert)
+            target = adapter.request_url(prepared, proxies)
+            proxy = requests.utils.select_proxy(url, proxies)
+        except Exception as exc:
+            raise classify(exc, sent=False) from None
+        lane = _Lane(pool, target, urlsplit(url).netloc, proxy, dict(settings))
+        if len(self._lanes) >= _MAX_CACHED:
+            self._lanes = {}
+        self._lanes[url] = lane
+        return lane
+
+    def _refresh(self, lane: _Lane) -> _Lane:
+        """The lane's pool was closed (session closed, or evicted by the pool manager)."""
+        for url, known in list(self._lanes.items()):
+            if known is lane:
+                self._lanes.pop(url, None)
+                return self._resolve(url)
+        return lane
+
+    # ------------------------------------------------------------------------------ sending
+    def _send(self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float) -> Answer:
+        pool = lane.pool
+        try:
+            conn = pool._get_conn()
+        except urllib3.exceptions.ClosedPoolError:  # closed or evicted: resolve again, once
+            pool = self._refresh(lane).pool
+            try:
+                conn = pool._get_conn()
+            except Exception as exc:
+                raise classify(exc, sent=False) from None
+        reusable = sent = False
+        try:
+            sock = conn.sock
+            if sock is None:
+                conn.timeout = max(0.001, deadline - _clock())
+                conn.connect()
+                sock = conn.sock
+            left = deadline - _clock()
+            if left <= 0:
+                raise DeadlinePassed()
+            sock.settimeout(left)
+            if body is None:
+                data = head + b"\r\n"
+            else:
+                data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+            sent = True
+            try:
+                if len(data) <= _SLICE:
+                    sock.sendall(data)
+                else:
+                    _send_slices(sock, data, deadline)
+            except OSError as exc:
+                if exc.errno not in _EARLY_ANSWER_ERRNOS and not isinstance(exc, ssl.SSLEOFError):
+                    raise
+                # The server stopped reading and may have answered already (413 before the
+                # body ended): read what waits in the socket; nothing there keeps this error.
+                try:
+                    status, retry_after, content, _ = read_answer(_Receiver(sock, deadline), method == "HEAD")
+                except Exception:
+                    raise exc from None
+                return _answer(status, retry_after, content)
+            status, retry_after, content, reusable = read_answer(_Receiver(sock, deadline), method == "HEAD")
+        except Exception as exc:
+            if _clock() >= deadline and sent:
+                raise classify(DeadlinePassed(), sent=True) from None
+            raise classify(exc, sent=sent) from None
+        finally:
+            if not reusable:
+                conn.close()
+            pool._put_conn(conn)
+        return _answer(status, retry_after, content)
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.session.close()
+        self._lanes = {}
+
+
+class _Receiver:
+    """``recv`` under a deadline: each call waits at most the time that is left."""
+
+    __slots__ = ("deadline", "sock")
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+
+    def __call__(self, n: int) -> bytes:
+        left = self.deadline - _clock()
+        if left <= 0:
+            raise DeadlinePassed()
+        self.sock.settimeout(left)
+        data: bytes = self.sock.recv(n)
+        return data
+
+    def __repr__(self) -> str:
+        return "_Receiver()"
+
+
+def _send_slices(sock: Any, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    for start in range(0, len(data), _SLICE):
+        left = deadline - _clock()
+        if left <= 0:
+            raise DeadlinePassed()
+        sock.settimeout(left)
+        sock.sendall(view[start : start + _SLICE])
+
+
+def _answer(status: int, retry_after: Optional[str], content: bytes) -> Answer:
+    if retry_after is not None or status in (429, 503):
+        return Answer(status, parse_retry_after(retry_after), content)
+    return Answer(status, None, content)
