@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from . import _concurrency, _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
-from ._errors import CDPError, DeliveryError, ValidationError
+from ._errors import CDPError, ConfigError, DeliveryError, ValidationError
 from ._event import (
     DECODE_ERRORS,
     IDENTIFY,
@@ -39,6 +39,7 @@ from ._event import (
     ulid_value,
 )
 from ._retry import RetryPolicy
+from ._spool import Spool, SpoolUnavailable
 from ._stats import DeliveryReport, DestinationReport, Stats
 from ._transactional import (
     PATHS,
@@ -178,6 +179,9 @@ class CDPClient:
         logger: Any = None,
         send_to_customer_io: bool = False,
         customer_io: Optional[CustomerIoConfig] = None,
+        spool_dir: Optional[str] = None,
+        max_spool_bytes: int = 256 * 1024 * 1024,
+        spool_fsync: Optional[float] = None,
     ) -> None:
         settings = {name: value for name, value in locals().items() if name != "self"}
         cfg = ClientConfig.from_kwargs(**settings)  # the same names, validated in one place
@@ -198,6 +202,8 @@ class CDPClient:
         destinations: list[Destination] = [self._opencdp]
         if cfg.customer_io is not None:
             destinations.append(self._customer_io_destination(cfg.customer_io))
+        self._spool = self._open_spool(cfg, destinations)
+        streams = self._spool.streams if self._spool is not None else {}
         self._routes = tuple(
             Route(
                 dest,
@@ -207,6 +213,7 @@ class CDPClient:
                 flush_interval=cfg.flush_interval,
                 on_error=cfg.on_error,
                 limiter=self._limiter,
+                stream=streams.get(dest.name),
             )
             for dest in destinations
         )
@@ -231,6 +238,23 @@ class CDPClient:
         mp_process = sys.modules.get("multiprocessing.process")
         if mp_process is not None and mp_process.parent_process() is not None:
             _shutdown_at_multiprocessing_exit(self)  # built inside a multiprocessing child
+
+    def _open_spool(self, cfg: ClientConfig, destinations: Sequence[Destination]) -> Optional[Spool]:
+        """The durable spool in ``spool_dir`` (None without one); ConfigError when it is unusable."""
+        if cfg.spool_dir is None:
+            return None
+        try:
+            return Spool(
+                cfg.spool_dir,
+                [d.name for d in destinations],
+                max_bytes=cfg.max_spool_bytes,
+                fsync=cfg.spool_fsync,
+                max_memory_records=cfg.max_queue_size,
+                max_memory_bytes=cfg.max_queue_bytes,
+                warn=self._limiter.warn,
+            )
+        except SpoolUnavailable as exc:
+            raise ConfigError(str(exc)) from None
 
     def _customer_io_destination(self, cio: CustomerIoConfig) -> Destination:
         from .destinations.customerio import CustomerIoDestination
@@ -510,6 +534,8 @@ class CDPClient:
                 route.finish_shutdown(deadline)
             met = all(route.wait(target, deadline) for route, target, _ in marks)
             report = self._report(marks, met, start)
+            if self._spool is not None:
+                self._spool.close()  # what is not resolved stays on disk (report.spooled)
             self._shutdown_report = report
             atexit.unregister(self._atexit_hook)
             self._finalizer.detach()
@@ -589,6 +615,8 @@ class CDPClient:
         )
 
     def _after_fork_in_child(self) -> None:
+        if self._spool is not None:
+            self._spool.after_fork_in_child()  # first: the routes' queues sit on its streams
         for route in self._routes:
             route.after_fork_in_child()
         self._limiter._lock = _concurrency.lock()  # a parent thread may have held it at the fork
@@ -758,6 +786,8 @@ class CDPClient:
                     site_id=site, api_key=cio_key, region=region, url=url
                 )
                 settings["send_to_customer_io"] = True
+        if env.get("CDP_SPOOL_DIR", "").strip():
+            settings["spool_dir"] = env["CDP_SPOOL_DIR"].strip()
         settings.update(overrides)
         return cls(**settings)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union, cast
 from urllib.parse import urlsplit
@@ -152,6 +153,9 @@ class ClientConfig:
     logger: Any = None
     send_to_customer_io: bool = False
     customer_io: Optional[CustomerIoConfig] = None
+    spool_dir: Optional[str] = None
+    max_spool_bytes: int = 256 * 1024 * 1024
+    spool_fsync: Optional[float] = None
 
     def __repr__(self) -> str:
         shown = []
@@ -190,6 +194,9 @@ class ClientConfig:
         logger: Any = None,
         send_to_customer_io: bool = False,
         customer_io: Union[CustomerIoConfig, None] = None,
+        spool_dir: Optional[str] = None,
+        max_spool_bytes: int = 256 * 1024 * 1024,
+        spool_fsync: Optional[float] = None,
     ) -> ClientConfig:
         """Validate flat keyword arguments (the public names of :class:`CDPClient`)."""
         if not isinstance(cdp_api_key, str) or not cdp_api_key.strip():
@@ -227,6 +234,14 @@ class ClientConfig:
             raise ConfigError(
                 "send_to_customer_io=True needs customer_io=CustomerIoConfig(site_id=..., api_key=...)"
             )
+        if spool_dir is not None:
+            if not isinstance(spool_dir, (str, os.PathLike)) or not os.fspath(spool_dir):
+                raise ConfigError(f"spool_dir must be a directory path or None, got {spool_dir!r}")
+            spool_dir = os.fspath(spool_dir)
+            if not isinstance(spool_dir, str):
+                raise ConfigError(f"spool_dir must be a text path, got {spool_dir!r}")
+        if spool_fsync is not None:
+            spool_fsync = float(_number("spool_fsync", spool_fsync, minimum=0, exclusive=True))
         return cls(
             cdp_api_key=cdp_api_key,
             endpoints=endpoints,
@@ -248,6 +263,9 @@ class ClientConfig:
             logger=logger,
             send_to_customer_io=send_to_customer_io,
             customer_io=customer_io if send_to_customer_io else None,
+            spool_dir=spool_dir,
+            max_spool_bytes=_number("max_spool_bytes", max_spool_bytes, minimum=1 << 20, integer=True),
+            spool_fsync=spool_fsync,
         )
 
     def get_logger(self) -> Any:

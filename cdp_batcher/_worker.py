@@ -23,13 +23,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from queue import SimpleQueue  # the type only: instances come from _concurrency
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import _concurrency
 from ._config import OnError
 from ._errors import CDPError
 from ._event import KIND_NAMES, Item
 from ._queue import EventQueue
+from ._spool import SpoolQueue, Stream, is_transient
 from ._stats import DestinationReport, DestinationStats, FailedEvent, frozen_counts
 from .destinations._base import Destination
 
@@ -227,6 +228,18 @@ class _Control:
         if n == 0:
             return
         route = self._route
+        if bucket != DELIVERED and self._base is not None and route._spool is not None:
+            kept, rest = route._kept(reason, items)
+            if kept:  # a spool: not delivered for a transient reason, so it stays on disk for later
+                route._give_back(self._base, kept)
+                self.unresolved -= len(kept)
+                route._limiter.warn(
+                    f"{route.name}:kept:{reason}",
+                    f"{route.name}: {len(kept)} event(s) kept in the spool ({reason}); tried again later",
+                )
+                if not rest:
+                    return
+                items, n = rest, len(rest)
         try:
             if error is not None:
                 if self.first_error is None:
@@ -236,6 +249,8 @@ class _Control:
                 route._report(items, reason, error, failed=bucket == FAILED)
         finally:
             with route._lock:
+                if route._spool is not None:
+                    route._spool.resolved_locked(items, bucket == DELIVERED)  # records leave the disk
                 route._in_flight -= n
                 if bucket == DELIVERED:
                     route._delivered += n
@@ -268,8 +283,10 @@ class Route:
         flush_interval: float,
         on_error: Optional[OnError],
         limiter: LogLimiter,
+        stream: Optional[Stream] = None,
     ) -> None:
         self.dest = destination
+        self._stream = stream  # a spool's stream for this destination: the queue is durable
         self.name = destination.name
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -284,7 +301,13 @@ class Route:
 
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:
-        self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+        self.queue: Union[EventQueue, SpoolQueue] = (
+            EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+            if self._stream is None
+            else SpoolQueue(self._stream, self._batch_size)
+        )
+        self._spool = self.queue if isinstance(self.queue, SpoolQueue) else None
+        self._given_back = 0  # items given back to the spool, not yet taken again (all outstanding)
         self.queue.on_first = self._on_first
         self.queue.on_fork = self._put_after_fork
         self._delivered = 0
@@ -404,10 +427,16 @@ class Route:
             self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
 
     def _drop_queued(self, reason: str, error: BaseException) -> None:
-        """Resolve everything still queued, or drained but not yet given to a sender, as dropped."""
+        """Resolve everything still queued, or drained but not yet given to a sender, as dropped.
+
+        With a spool only what is in memory alone is dropped: the records on disk stay there
+        (units drained for sending are given back), for the next client on the directory."""
         with self._lock:
             base = self.queue.drained
-            items = self.queue.drain_locked(len(self.queue))
+            if self._spool is not None:
+                items = self._spool.take_unspooled_locked()
+            else:
+                items = self.queue.drain_locked(len(self.queue))
             if items:
                 self._in_flight += len(items)
                 self._outstanding[base] = len(items)
@@ -417,6 +446,52 @@ class Route:
             _Control(self, unit_base, len(unit)).dropped(unit, reason, error)
         if items:
             _Control(self, base, len(items)).dropped(items, reason, error)
+
+    # ------------------------------------------------------------------------------ the spool
+    def _take_locked(self, max_events: int) -> tuple[int, list[Item]]:
+        """Drain up to ``max_events`` items into flight, ``(base, items)``; with a spool the items
+        given back come first, with the base they had. The caller holds ``_lock``."""
+        spool = self._spool
+        if spool is not None:
+            back = spool.take_returned_locked(max_events)
+            if back is not None:
+                self._given_back -= len(back[1])
+                self._in_flight += len(back[1])
+                return back
+        base = self.queue.drained
+        items = self.queue.drain_locked(max_events)
+        if items:
+            self._in_flight += len(items)
+            self._outstanding[base] = len(items)
+        return base, items
+
+    def _kept(self, reason: str, items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+        """``(kept, rest)``: of items failing for ``reason``, those that stay in the spool (on disk,
+        transient reason) and those resolved for good."""
+        spool = self._spool
+        if spool is None or not is_transient(reason):
+            return [], list(items)
+        kept: list[Item] = []
+        rest: list[Item] = []
+        for item in items:
+            (kept if spool.on_disk(item) else rest).append(item)
+        return kept, rest
+
+    def _give_back(self, base: int, items: Sequence[Item]) -> None:
+        """Items not delivered for a transient reason: back to the spool, their batch outstanding."""
+        assert self._spool is not None
+        with self._progress:
+            self._in_flight -= len(items)
+            self._given_back += len(items)
+            self._spool.give_back_locked(base, items)
+            self._progress.notify_all()
+
+    def _settled(self) -> bool:
+        """Nothing drained is unresolved (or, with a spool, all of it was given back to the disk).
+        The caller holds ``_progress``."""
+        if not self._given_back:
+            return not self._outstanding
+        return sum(self._outstanding.values()) <= self._given_back
 
     def _on_batch(self) -> None:
         """EventQueue.on_batch (a full batch waits, or the backlog grew by another batch): wake
@@ -510,10 +585,7 @@ class Route:
                 if not expired:
                     urgent = self._stopping or inline or self._flush_target > queue.drained
                     if n and (urgent or n >= self._batch_size or now - queue.first_at >= self._interval):
-                        base = queue.drained
-                        items = queue.drain_locked(self._batch_size)
-                        self._in_flight += len(items)
-                        self._outstanding[base] = len(items)
+                        base, items = self._take_locked(self._batch_size)
                 full = queue.full_drops
             self._housekeeping(full)
             if expired:
@@ -533,7 +605,7 @@ class Route:
         self._housekeeping(self.queue.full_drops)
         with self._progress:
             left = self._time_left() if until is None else max(0.0, until - _monotonic())
-            self._progress.wait_for(lambda: not self._outstanding, timeout=left)
+            self._progress.wait_for(self._settled, timeout=left)
         if self._stopping and not inline:
             # Also when no shutdown() will call finish_shutdown (a garbage-collected client).
             self._pool.stop(self._deadline if self._deadline is not None else _monotonic())
@@ -653,6 +725,8 @@ class Route:
         self.check_stall()
         with self._lock:
             target = self.queue.accepted
+            if self._spool is not None:
+                self._spool.resume_locked()  # items given back: try them now
             if target > self._flush_target:
                 self._flush_target = target
             before = (self._delivered, Counter(self._failed), Counter(self._dropped))
@@ -689,21 +763,30 @@ class Route:
         return not self._outstanding or min(self._outstanding) >= target
 
     def wait(self, target: int, deadline: float) -> bool:
+        """Until every item below ``target`` is resolved, or the deadline. A shutdown with a spool
+        waits only for what is in flight: the rest is safe on disk."""
+        if self._stopping and self._spool is not None:
+            done: Callable[[], bool] = lambda: self._settled() and not self._rejects  # noqa: E731
+        else:
+            done = lambda: self._done(target)  # noqa: E731
         with self._progress:
-            return self._progress.wait_for(
-                lambda: self._done(target), timeout=max(0.0, deadline - _monotonic())
-            )
+            return self._progress.wait_for(done, timeout=max(0.0, deadline - _monotonic()))
 
     def report(self, target: int, before: tuple[int, Counter[str], Counter[str]]) -> DestinationReport:
         with self._lock:
             pending = max(0, target - self.queue.drained)
             pending += sum(n for b, n in self._outstanding.items() if b < target)
+            spooled = 0 if self._spool is None else self._spool.stream.spooled
             delivered = self._delivered - before[0]
             failed = self._failed - before[1]
             dropped = self._dropped - before[2]
-        return DestinationReport(delivered, frozen_counts(failed), frozen_counts(dropped), pending)
+        return DestinationReport(delivered, frozen_counts(failed), frozen_counts(dropped), pending, spooled)
 
     def begin_shutdown(self, deadline: float) -> None:
+        if self._spool is not None and self._spool.failing:
+            # The destination is down (its last units were given back): nothing to wait for, the
+            # records are on disk. The process exits fast (a deploy), nothing lost.
+            deadline = min(deadline, _monotonic())
         with self._lock:
             self._stopping = True
             if self._deadline is None or deadline < self._deadline:
@@ -734,6 +817,23 @@ class Route:
         self.check_stall()
         with self._lock:
             dropped = Counter(self._dropped)
+            spool = self._spool
+            if spool is not None:
+                dropped.update(spool.drop_counts())
+                stream = spool.stream
+                return DestinationStats(
+                    enqueued=spool.offered,
+                    delivered=self._delivered,
+                    failed=frozen_counts(self._failed),
+                    dropped=frozen_counts(dropped),
+                    retried=self._retried,
+                    queued=spool.queued,
+                    in_flight=self._in_flight,
+                    spooled=stream.spooled,
+                    recovered=stream.recovered,
+                    spool_errors=stream.spool_errors,
+                    spool_corrupt=stream.spool_corrupt,
+                )
             if self.queue.full_drops:
                 dropped["queue_full"] += self.queue.full_drops
             return DestinationStats(
