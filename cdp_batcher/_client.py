@@ -275,7 +275,9 @@ class CDPClient:
         dual = len(self._routes) == 2 and cfg.send and not cfg.sync_mode and not self._closed
         other = self._routes[-1]
         self._fast_dual = None
-        if dual and other.dest.takes_records:
+        # With a spool each queue is a stream on disk: Customer.io's items then carry their
+        # whole entry (ULID and timestamp inside), so a replay from disk stays idempotent.
+        if dual and other.dest.takes_records and self._spool is None:
             put_pair = self._routes[0].pair_with(other)  # before any thread uses the routes
             self._fast_dual = (put_pair, other.dest.record_limit(TRACK), other.dest.record_limit(IDENTIFY))
 
