@@ -384,10 +384,13 @@ class Route:
         route's lock, held only for in-memory work, never across I/O, so neither destination
         waits on the other's requests. Call before either route is used (at construction, and
         again after a fork reset them). Returns the put for both (:meth:`EventQueue.put_pair`)."""
-        self.queue.share_lock(other.queue)
+        queue, partner = self.queue, other.queue
+        if not isinstance(queue, EventQueue) or not isinstance(partner, EventQueue):
+            raise TypeError("only in-memory queues pair: a spooled route queues on its own stream")
+        queue.share_lock(partner)
         other._lock = self._lock
         other._progress = threading.Condition(self._lock)
-        return self.queue.put_pair
+        return queue.put_pair
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""

@@ -205,7 +205,7 @@ class SpoolQueue:
     def take_unspooled_locked(self) -> list[Item]:
         """At shutdown: hand out the items kept in memory only (the disk had failed); the others
         stay on disk."""
-        items = self.stream.take_memory_only_locked()
+        items: list[Item] = list(self.stream.take_memory_only_locked())
         self.drained += len(items)
         self._count = len(self.stream)
         return items
