@@ -15,7 +15,6 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from . import _queue, _worker
 from ._config import ClientConfig, CustomerIoConfig, OnError
 from ._errors import CDPError, DeliveryError, ValidationError
 from ._event import (
@@ -36,6 +35,7 @@ from ._event import (
     looks_like_email,
     serialization_error,
 )
+from ._lifecycle import inside_pipeline, pipeline_frame
 from ._retry import RetryPolicy
 from ._stats import DeliveryReport, DestinationReport, Stats
 from ._transactional import (
@@ -106,24 +106,6 @@ def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
 def _has_token(token: object) -> bool:
     """A push token counts when it is not None, empty or all white space."""
     return bool(token) and not (isinstance(token, str) and token.isspace())
-
-
-_PIPELINE_GLOBALS = (vars(_worker), vars(_queue))
-
-
-def _inside_pipeline() -> bool:
-    """True when the calling thread is already inside the pipeline further down its own stack: a
-    signal handler that interrupted track() or shutdown(), or an on_error callback, calling
-    flush()/shutdown(). Waiting there could wait on a lock that this very thread holds."""
-    frame: Optional[types.FrameType] = sys._getframe(2)  # skip this function and flush/shutdown
-    shutdown_code = CDPClient.shutdown.__code__
-    while frame is not None:
-        if frame.f_globals is _PIPELINE_GLOBALS[0] or frame.f_globals is _PIPELINE_GLOBALS[1]:
-            return True
-        if frame.f_code is shutdown_code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _abandoned(routes: Sequence[Route], timeout: float) -> None:
@@ -468,15 +450,16 @@ class CDPClient:
         >>> report = client.flush(timeout=10.0)  # doctest: +SKIP
         >>> assert report, report  # doctest: +SKIP
         """
-        if _inside_pipeline():
+        if inside_pipeline():
             return self._unresolved_report()
-        start = time.monotonic()
-        deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
-        marks = [(route, *route.begin_flush(deadline)) for route in self._routes]
-        met = True
-        for route, target, _ in marks:
-            met = route.wait(target, deadline) and met
-        return self._report(marks, met, start)
+        with pipeline_frame:  # an on_error call made from here, or a signal handler, cannot wait
+            start = time.monotonic()
+            deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
+            marks = [(route, *route.begin_flush(deadline)) for route in self._routes]
+            met = True
+            for route, target, _ in marks:
+                met = route.wait(target, deadline) and met
+            return self._report(marks, met, start)
 
     def _report(self, marks: Sequence[tuple[Route, int, Any]], met: bool, start: float) -> DeliveryReport:
         reports: dict[str, DestinationReport] = {
@@ -497,9 +480,9 @@ class CDPClient:
         """
         if self._shutdown_report is not None:
             return self._shutdown_report
-        if _inside_pipeline():
+        if inside_pipeline():
             return self._shutdown_later(timeout)
-        with self._shutdown_lock:
+        with pipeline_frame, self._shutdown_lock:
             if self._shutdown_report is not None:
                 return self._shutdown_report
             start = time.monotonic()

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 from ._config import OnError
 from ._errors import CDPError
 from ._event import KIND_NAMES, Item
+from ._lifecycle import in_pipeline_thread, pipeline_frame
 from ._queue import EventQueue
 from ._stats import DestinationReport, DestinationStats, FailedEvent, frozen_counts
 from .destinations._base import Destination
@@ -117,7 +118,9 @@ class _SenderPool:
             self._busy += 1
             need_thread = self._busy > len(self._threads)
         if need_thread:
-            thread = threading.Thread(target=self._loop, name=f"{self._name}-sender", daemon=True)
+            thread = threading.Thread(
+                target=in_pipeline_thread(self._loop), name=f"{self._name}-sender", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError:  # interpreter shutting down: send from this thread
@@ -348,7 +351,9 @@ class Route:
                 return True
             if self._stopping:
                 return False
-            thread = threading.Thread(target=self._run, name=f"cdp_batcher-{self.name}-flusher", daemon=True)
+            thread = threading.Thread(
+                target=in_pipeline_thread(self._run), name=f"cdp_batcher-{self.name}-flusher", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError:  # "can't create new thread at interpreter shutdown"
@@ -491,7 +496,8 @@ class Route:
             return
         try:
             records = [self.failed_event(item, reason) for item in items]
-            callback(error, records)
+            with pipeline_frame:  # also when the pipeline runs inline in a caller's thread
+                callback(error, records)
         except Exception as exc:
             self._limiter.warn(
                 "on_error", f"on_error callback raised {type(exc).__name__}: {exc}", level="error"
