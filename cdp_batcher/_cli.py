@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import logging
 import os
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO, Callable, Optional, TextIO, Union
 
-from ._client import CDPClient
+from ._client import CDPClient, wait_for_room
 from ._errors import ConfigError, DeliveryError, ValidationError
 from ._event import DECODE_ERRORS, decode
 from ._progress import Progress, format_duration
@@ -518,7 +519,7 @@ def _import_rows(
         "register_device": client.register_device,
     }
     progress = console.progress
-    room = client._wait_for_room
+    room = functools.partial(wait_for_room, client)
     try:
         for line, row in iter_rows(stream, fmt):
             tally.rows += 1

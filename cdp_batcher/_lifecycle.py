@@ -1,4 +1,10 @@
-"""Process lifecycle around a client: the re-entrancy guard (and, below it, the process hooks).
+"""Process lifecycle around a client: the re-entrancy guard and the process hooks.
+
+Hooks (:class:`ClientHooks`, one per client, holding the client only weakly): an ``atexit``
+handler that shuts the client down (unregistered by ``shutdown()``); an ``os.register_at_fork``
+hook that resets every live client in a forked child; in a multiprocessing child (whose exit
+skips atexit) a multiprocessing finalizer instead; and a GC finalizer that lets the threads of
+a client dropped without ``shutdown()`` deliver and end.
 
 Re-entry: ``flush()`` and ``shutdown()`` must not wait when the calling thread is already inside
 the pipeline — an ``on_error`` callback, a log handler called from a sender, or a signal handler
@@ -17,12 +23,26 @@ is the one place that reads them:
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sys
 import threading
+import time
 import types
-from typing import Any, Callable, Optional, TypeVar
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
-__all__ = ["OUTSIDE_PIPELINE", "in_pipeline_thread", "inside_pipeline", "pipeline_frame"]
+__all__ = [
+    "OUTSIDE_PIPELINE",
+    "ClientHooks",
+    "abandon_routes",
+    "in_pipeline_thread",
+    "inside_pipeline",
+    "is_pipeline_module",
+    "pipeline_frame",
+]
 
 _T = TypeVar("_T")
 
@@ -91,3 +111,93 @@ def inside_pipeline() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# ------------------------------------------------------------------------------- process hooks
+class _Stoppable(Protocol):
+    def begin_shutdown(self, deadline: float) -> None: ...
+
+
+def abandon_routes(routes: Sequence[_Stoppable], timeout: float) -> None:
+    """A client garbage-collected without shutdown(): let its threads deliver and end."""
+    deadline = time.monotonic() + timeout
+    for route in routes:
+        route.begin_shutdown(deadline)
+
+
+_live: weakref.WeakSet[ClientHooks] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    for hooks in list(_live):
+        hooks.after_fork_in_child()
+        if mp_util is not None:  # a multiprocessing child ends with os._exit: no atexit
+            mp_util.register_after_fork(hooks, ClientHooks.arm_multiprocessing_exit)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Client(Protocol):
+    def shutdown(self, timeout: Optional[float] = None) -> object: ...
+
+
+class ClientHooks:
+    """One client's process hooks. The client, its ``after_fork`` and ``before_exit`` (bound
+    methods) are held weakly: the hooks never keep a client alive."""
+
+    def __init__(
+        self,
+        client: _Client,
+        *,
+        shutdown_timeout: float,
+        after_fork: Callable[[], None],
+        before_exit: Callable[[float], None],
+        abandon: Callable[[], None],
+    ) -> None:
+        self.timeout = shutdown_timeout
+        self._client = weakref.ref(client)
+        self._after_fork = weakref.WeakMethod(after_fork)
+        self._before_exit = weakref.WeakMethod(before_exit)
+        self._mp_finalizer: Any = None
+        _live.add(self)
+        atexit.register(self.at_exit)
+        self._finalizer = weakref.finalize(client, abandon)
+        self._finalizer.atexit = False
+        mp_process = sys.modules.get("multiprocessing.process")
+        if mp_process is not None and mp_process.parent_process() is not None:
+            self.arm_multiprocessing_exit()  # built inside a multiprocessing child
+
+    def at_exit(self) -> None:
+        """Interpreter exit (or a multiprocessing child's): shut the client down in time."""
+        client, before_exit = self._client(), self._before_exit()
+        if client is None or before_exit is None:
+            return
+        try:
+            # Calls made later in the exit (another atexit handler) are sent inline until then.
+            before_exit(time.monotonic() + self.timeout)
+            client.shutdown(self.timeout)
+        except Exception:  # never raise at interpreter exit
+            logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
+
+    def after_fork_in_child(self) -> None:
+        after_fork = self._after_fork()
+        if after_fork is not None:
+            after_fork()
+
+    def arm_multiprocessing_exit(self) -> None:
+        """In a multiprocessing child (fork start method) once its registries were reset: its
+        exit skips atexit but runs multiprocessing's finalizers, so the exit flush goes there too."""
+        import multiprocessing.util
+
+        self._mp_finalizer = multiprocessing.util.Finalize(None, self.at_exit, exitpriority=100)
+
+    def closed(self) -> None:
+        """The client was shut down: every hook is removed."""
+        atexit.unregister(self.at_exit)
+        self._finalizer.detach()
+        if self._mp_finalizer is not None:
+            self._mp_finalizer.cancel()
+        _live.discard(self)

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-import cdp_batcher._worker as worker_module
+import cdp_batcher._route as route_module
+import cdp_batcher._senders as senders_module
 from cdp_batcher import CDPClient, DeliveryReport
 from cdp_batcher.testing import Collector
 
@@ -242,7 +243,8 @@ def test_no_thread_possible_sends_inline(
 
     before = set(threading.enumerate())
     fake = types.SimpleNamespace(**{**vars(threading), "Thread": NoStart})
-    monkeypatch.setattr(worker_module, "threading", fake)
+    monkeypatch.setattr(route_module, "threading", fake)
+    monkeypatch.setattr(senders_module, "threading", fake)
     client = make_client(flush_interval=60.0)
     for i in range(30):
         client.track("u1", "inline", {"i": i})

@@ -21,10 +21,8 @@ from cdp_batcher._transactional import (
     build_sms,
     encode_request,
     unsupported_fields,
-    validate_email,
-    validate_push,
-    validate_sms,
 )
+from cdp_batcher._validate import validate_email, validate_push, validate_sms
 
 from transactional_fields import push, raw_email, sms, template_email
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Protocol
 
 from .._event import Item
 
-__all__ = ["Destination", "DeviceInfo", "SendControl"]
+__all__ = ["Destination", "DeviceInfo", "SendControl", "cut_units"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,3 +102,23 @@ class Destination(abc.ABC):
     def close(self) -> None:
         """Release connections."""
         return None
+
+
+def cut_units(items: Sequence[Item], max_events: int, max_bytes: Optional[int]) -> list[list[Item]]:
+    """Cut items, in order, into units of at most ``max_events`` items whose ``len(body) + 1``
+    sum to at most ``max_bytes`` (None: no byte bound); an item larger alone is a unit alone.
+    The one place units are cut: the route cuts drained batches, a destination handed
+    arbitrary items (sync mode, tests) cuts them the same way, a no-op for the route's units."""
+    units: list[list[Item]] = []
+    current: list[Item] = []
+    size = 0
+    for item in items:
+        body = len(item[1]) + 1
+        if current and (len(current) >= max_events or (max_bytes is not None and size + body > max_bytes)):
+            units.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += body
+    if current:
+        units.append(current)
+    return units
