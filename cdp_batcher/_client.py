@@ -19,7 +19,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from ._config import ClientConfig, CustomerIoConfig, OnError, env_options
-from ._event import IDENTIFY, REGISTER_DEVICE, TRACK, Item, OpenCdpIdentify, OpenCdpTrack, Raw, encode
+from ._event import (
+    DEVICE_STRING_FIELDS,
+    IDENTIFY,
+    REGISTER_DEVICE,
+    TRACK,
+    DeviceInfo,
+    Item,
+    OpenCdpIdentify,
+    OpenCdpTrack,
+    Raw,
+    encode,
+)
 from ._ingest import FanOut, Ingest, exact
 from ._ledger import FlushTicket
 from ._lifecycle import ClientHooks, abandon_routes, inside_pipeline, pipeline_frame
@@ -44,7 +55,7 @@ from ._validate import (
     looks_like_email,
     serialization_error,
 )
-from .destinations._base import Destination, DeviceInfo
+from .destinations._base import Destination
 from .destinations.opencdp import OpenCdpDestination, PingResult
 
 __all__ = ["CDPClient", "wait_for_room"]
@@ -265,24 +276,15 @@ class CDPClient:
         >>> client.register_device("user123", device_id="dev-1", platform="ios", apn_token="...")  # doctest: +SKIP
         """
         identifier = check_identifier(identifier)
-        check_device_fields(
-            device_id,
-            platform,
-            {
-                "fcm_token": fcm_token,
-                "apn_token": apn_token,
-                "name": name,
-                "os_version": os_version,
-                "model": model,
-                "app_version": app_version,
-            },
-        )
+        strings = (fcm_token, apn_token, name, os_version, model, app_version)
+        check_device_fields(device_id, platform, dict(zip(DEVICE_STRING_FIELDS, strings)))
         attrs: Any = None
         if attributes is not None:
             attrs = Raw(encode_properties(check_properties(attributes, "attributes"), "attributes"))
         if last_active_at is not None:
             encode_properties({"last_active_at": last_active_at}, "last_active_at")
         device = DeviceInfo(
+            identifier=identifier,
             device_id=device_id,
             platform=platform,
             fcm_token=fcm_token,

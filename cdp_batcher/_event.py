@@ -15,6 +15,9 @@ import msgspec
 
 __all__ = [
     "DECODE_ERRORS",
+    "DEVICE_FIELDS",
+    "DEVICE_STRING_FIELDS",
+    "DeviceInfo",
     "IDENTIFY",
     "KIND_NAMES",
     "REGISTER_DEVICE",
@@ -64,18 +67,50 @@ class OpenCdpTrack(msgspec.Struct, gc=False):
     properties: Any
 
 
-class OpenCdpDevice(msgspec.Struct, omit_defaults=True, gc=False):
+#: OpenCDP's names for the device fields whose wire name is not the Python name.
+_OPENCDP_DEVICE_NAMES: Final = {
+    "device_id": "deviceId",
+    "fcm_token": "fcmToken",
+    "apn_token": "apnToken",
+    "os_version": "osVersion",
+    "app_version": "appVersion",
+}
+
+
+class DeviceInfo(
+    msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False, rename=_OPENCDP_DEVICE_NAMES
+):
+    """A validated ``register_device`` call: the one definition of the device fields.
+
+    Its encoding is OpenCDP's ``registerDevice`` body; Customer.io maps it to an ``add_device``
+    entry; the importer's device columns are its fields after ``identifier``
+    (:data:`DEVICE_FIELDS`). ``attributes`` is already-encoded JSON (``Raw``) or None.
+    """
+
     identifier: str
-    deviceId: str
+    device_id: str
     platform: str
-    fcmToken: Optional[str] = None
-    apnToken: Optional[str] = None
+    fcm_token: Optional[str] = None
+    apn_token: Optional[str] = None
     name: Optional[str] = None
-    osVersion: Optional[str] = None
+    os_version: Optional[str] = None
     model: Optional[str] = None
-    appVersion: Optional[str] = None
-    last_active_at: Optional[Union[int, float, str]] = None
-    attributes: Any = None
+    app_version: Optional[str] = None
+    last_active_at: Optional[Any] = None
+    attributes: Optional[Any] = None
+
+
+#: ``register_device``'s keyword fields, in order.
+DEVICE_FIELDS: tuple[str, ...] = DeviceInfo.__struct_fields__[1:]
+#: The device fields that must be strings when given.
+DEVICE_STRING_FIELDS: tuple[str, ...] = (
+    "fcm_token",
+    "apn_token",
+    "name",
+    "os_version",
+    "model",
+    "app_version",
+)
 
 
 # ------------------------------------------------------------------------------------ Customer.io

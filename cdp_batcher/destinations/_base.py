@@ -8,29 +8,12 @@ resolves every item it was given exactly once through the :class:`SendControl`.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol
 
-from .._event import Item
+from .._event import DeviceInfo, Item
 
 __all__ = ["Destination", "DeviceInfo", "SendControl", "cut_units"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceInfo:
-    """A validated ``register_device`` call (attributes already encoded or None)."""
-
-    device_id: str
-    platform: str
-    fcm_token: Optional[str] = None
-    apn_token: Optional[str] = None
-    name: Optional[str] = None
-    os_version: Optional[str] = None
-    model: Optional[str] = None
-    app_version: Optional[str] = None
-    last_active_at: Optional[Any] = None
-    attributes: Optional[Any] = None
 
 
 class SendControl(Protocol):

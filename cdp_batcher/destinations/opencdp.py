@@ -18,7 +18,6 @@ from .._event import (
     IDENTIFY,
     TRACK,
     Item,
-    OpenCdpDevice,
     OpenCdpIdentify,
     OpenCdpTrack,
     decode,
@@ -86,21 +85,7 @@ class OpenCdpDestination(Destination):
         return encode(OpenCdpTrack(identifier, event_name, properties))
 
     def encode_device(self, identifier: str, device: DeviceInfo, timestamp: float) -> bytes:
-        return encode(
-            OpenCdpDevice(
-                identifier=identifier,
-                deviceId=device.device_id,
-                platform=device.platform,
-                fcmToken=device.fcm_token,
-                apnToken=device.apn_token,
-                name=device.name,
-                osVersion=device.os_version,
-                model=device.model,
-                appVersion=device.app_version,
-                last_active_at=device.last_active_at,
-                attributes=device.attributes,
-            )
-        )
+        return encode(device)  # DeviceInfo is the registerDevice body
 
     def describe(self, item: Item) -> tuple[Optional[str], Optional[str], Mapping[str, Any]]:
         kind, body = item
