@@ -20,7 +20,7 @@ from typing import Any, Callable, Final, Optional, TypeVar
 
 import msgspec
 
-from ._errors import DeliveryError, SerializationError, ValidationError
+from ._errors import DeliveryError, ValidationError
 from ._event import (
     DECODE_ERRORS,
     SendEmailRequest,
@@ -28,11 +28,14 @@ from ._event import (
     SendSmsRequest,
     TransactionalRequest,
     decode,
+    encode,
 )
 from ._validate import (
     IDENTIFIER_KEYS,
     identifier_is_set,
     is_blank,
+    key_path,
+    serialization_error,
     type_name,
     validate_email,
     validate_push,
@@ -54,8 +57,6 @@ __all__ = [
     "encode_request",
     "unsupported_fields",
 ]
-
-_ENCODER: Final = msgspec.json.Encoder()
 
 _R = TypeVar("_R", SendEmailRequest, SendPushRequest, SendSmsRequest)
 
@@ -174,48 +175,24 @@ def _wire_form(req: TransactionalRequest) -> TransactionalRequest:
     return msgspec.structs.replace(req, **changes) if changes else req
 
 
-def _unencodable_path(value: object, path: str) -> Optional[str]:
-    """The first key path below ``value`` that JSON cannot hold, or None."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            try:
-                _ENCODER.encode({key: None})
-            except (TypeError, ValueError, OverflowError):
-                return f"{path} (key of type {type_name(key)})"
-            found = _unencodable_path(item, f"{path}.{key}")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple, set, frozenset)):
-        for index, item in enumerate(value):
-            found = _unencodable_path(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    try:
-        _ENCODER.encode(value)
-    except (TypeError, ValueError, OverflowError):
-        return path
-    return None
-
-
 def encode_request(req: TransactionalRequest) -> bytes:
     """The JSON body for ``req``: wire names, unset fields omitted. Does not validate.
 
-    Raises SerializationError, naming the key path, when a value cannot become JSON.
+    Encoded by the one encoder of :mod:`._event` (a ``Decimal`` becomes a JSON number, as from
+    ``track()``). Raises SerializationError, naming the key path the way ``track()`` does
+    (``message_data['order']['items'][1]``), when a value cannot become JSON.
     """
     if not isinstance(req, (SendEmailRequest, SendPushRequest, SendSmsRequest)):
         raise TypeError(f"encode_request() expects a transactional request, got {type_name(req)}")
     wire = _wire_form(req)
     try:
-        return _ENCODER.encode(wire)
-    except (TypeError, ValueError, OverflowError) as exc:
-        path = None
+        return encode(wire)
+    except Exception as exc:
         for field in wire.__struct_fields__:
-            path = _unencodable_path(getattr(wire, field), field)
-            if path is not None:
-                break
-        raise SerializationError(f"{path or type(wire).__name__} cannot be encoded as JSON: {exc}") from None
+            value = getattr(wire, field)
+            if key_path(value, field) is not None:
+                raise serialization_error(value, field, exc) from None
+        raise serialization_error(wire, type(wire).__name__, exc) from None
 
 
 def unsupported_fields(req: TransactionalRequest) -> tuple[str, ...]:
