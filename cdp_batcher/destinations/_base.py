@@ -1,7 +1,7 @@
 """The destination interface: what the pipeline asks of OpenCDP, Customer.io and any later one.
 
 A destination turns a validated call into its own wire bytes (at call time, in the caller's
-thread) and later sends a unit of those items (in a flusher thread). ``send`` never raises: it
+thread) and later sends a unit of those items (in a route's dispatcher or sender thread). ``send`` never raises: it
 resolves every item it was given exactly once through the :class:`SendControl`.
 """
 
