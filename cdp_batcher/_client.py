@@ -18,7 +18,7 @@ import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from ._config import ClientConfig, CustomerIoConfig, OnError, env_options
+from ._config import OPTIONS, ClientConfig, CustomerIoConfig, OnError, env_options
 from ._event import (
     DEVICE_STRING_FIELDS,
     IDENTIFY,
@@ -103,8 +103,8 @@ class CDPClient:
         send_to_customer_io: bool = _D.send_to_customer_io,
         customer_io: Optional[CustomerIoConfig] = _D.customer_io,
     ) -> None:
-        settings = {name: value for name, value in locals().items() if name != "self"}
-        cfg = ClientConfig.from_kwargs(**settings)  # the same names, validated in one place
+        given = locals()  # this signature is OPTIONS with ClientConfig's defaults (test_single_sources)
+        cfg = ClientConfig.from_kwargs(**{name: given[name] for name in OPTIONS})
         self._cfg = cfg
         self._log = cfg.get_logger()
         if cfg.debug and logger is None and isinstance(self._log, logging.Logger):
@@ -122,18 +122,7 @@ class CDPClient:
         destinations: list[Destination] = [self._opencdp]
         if cfg.customer_io is not None:
             destinations.append(self._customer_io_destination(cfg.customer_io))
-        self._routes = tuple(
-            Route(
-                dest,
-                max_queue_size=cfg.max_queue_size,
-                max_queue_bytes=cfg.max_queue_bytes,
-                max_batch_size=cfg.max_batch_size,
-                flush_interval=cfg.flush_interval,
-                on_error=cfg.on_error,
-                limiter=self._limiter,
-            )
-            for dest in destinations
-        )
+        self._routes = tuple(Route.from_config(dest, cfg, self._limiter) for dest in destinations)
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._shutdown_report: Optional[DeliveryReport] = None
@@ -141,9 +130,7 @@ class CDPClient:
         self._ingest = Ingest(self._routes, send=cfg.send, sync_mode=cfg.sync_mode, warn_once=self._warn_once)
         self._transactional = TransactionalSender(
             self._opencdp.send_at_most_once,
-            send=cfg.send,
-            debug=cfg.debug,
-            fail_on_exception=cfg.fail_on_exception,
+            cfg,
             log=self._log,
             limiter=self._limiter,
             warn_once=self._warn_once,

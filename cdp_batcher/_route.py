@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Callable, Optional
 
-from ._config import OnError
+from ._config import ClientConfig, OnError
 from ._errors import CDPError
 from ._event import Item
 from ._ledger import DELIVERED, DROPPED, FAILED, FlushTicket, Ledger
@@ -159,6 +159,19 @@ class Route:
         self._interval = flush_interval
         self._reporter = FailureReporter(destination, on_error, limiter)
         self._reset()
+
+    @classmethod
+    def from_config(cls, destination: Destination, cfg: ClientConfig, limiter: LogLimiter) -> Route:
+        """A route for ``destination`` with a client's queue bounds, batch size, interval and on_error."""
+        return cls(
+            destination,
+            max_queue_size=cfg.max_queue_size,
+            max_queue_bytes=cfg.max_queue_bytes,
+            max_batch_size=cfg.max_batch_size,
+            flush_interval=cfg.flush_interval,
+            on_error=cfg.on_error,
+            limiter=limiter,
+        )
 
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:

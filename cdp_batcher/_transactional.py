@@ -20,6 +20,7 @@ from typing import Any, Callable, Final, Optional, TypeVar
 
 import msgspec
 
+from ._config import ClientConfig
 from ._errors import DeliveryError, ValidationError
 from ._event import (
     DECODE_ERRORS,
@@ -278,18 +279,16 @@ class TransactionalSender:
     def __init__(
         self,
         post_at_most_once: Callable[..., Any],
+        cfg: ClientConfig,
         *,
-        send: bool,
-        debug: bool,
-        fail_on_exception: bool,
         log: Any,
         limiter: Any,
         warn_once: Callable[[str, str], None],
     ) -> None:
         self._post = post_at_most_once
-        self._send = send
-        self._debug = debug
-        self._fail_on_exception = fail_on_exception
+        self._send = cfg.send
+        self._debug = cfg.debug
+        self._fail_on_exception = cfg.fail_on_exception
         self._log = log
         self._limiter = limiter
         self._warn_once = warn_once
