@@ -34,7 +34,7 @@ from ._event import (
 from ._ingest import FanOut, Ingest, exact
 from ._ledger import FlushTicket
 from ._lifecycle import ClientHooks, abandon_routes, inside_pipeline, pipeline_frame
-from ._report import LogLimiter
+from ._report import LogLimiter, WarnOnce
 from ._retry import RetryPolicy
 from ._route import Route
 from ._stats import DeliveryReport, DestinationReport, Stats
@@ -126,8 +126,11 @@ class CDPClient:
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._shutdown_report: Optional[DeliveryReport] = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(self._log)  # shared, so that nothing below holds the client
+        self._warned = self._warn_once.warned
         self._ingest = Ingest(self._routes, send=cfg.send, sync_mode=cfg.sync_mode, warn_once=self._warn_once)
+        self._fan_out = self._ingest.fan_out  # bound once: the calls below cost what they did
+        self._route_call = self._ingest.call
         self._transactional = TransactionalSender(
             self._opencdp.send_at_most_once,
             cfg,
@@ -207,9 +210,9 @@ class CDPClient:
             return
         fan = self._fast_fan
         if fan is not None:
-            self._ingest.fan_out(fan, TRACK, identifier, event_name, properties)
+            self._fan_out(fan, TRACK, identifier, event_name, properties)
             return
-        self._ingest.call(TRACK, identifier, event_name, properties)
+        self._route_call(TRACK, identifier, event_name, properties)
 
     def identify(self, identifier: str, properties: Optional[Mapping[str, Any]] = None) -> None:
         """Queue an identify call (person attributes); returns at once.
@@ -236,9 +239,9 @@ class CDPClient:
             return
         fan = self._fast_fan
         if fan is not None:
-            self._ingest.fan_out(fan, IDENTIFY, identifier, None, properties)
+            self._fan_out(fan, IDENTIFY, identifier, None, properties)
             return
-        self._ingest.call(IDENTIFY, identifier, None, properties)
+        self._route_call(IDENTIFY, identifier, None, properties)
 
     def register_device(
         self,
@@ -283,14 +286,8 @@ class CDPClient:
             last_active_at=last_active_at,
             attributes=attrs,
         )
-        self._ingest.call(REGISTER_DEVICE, identifier, None, device)
+        self._route_call(REGISTER_DEVICE, identifier, None, device)
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            self._log.warning("%s", message)
-
-    # --------------------------------------------------------------------------- flush & exit
     def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_TIMEOUT) -> DeliveryReport:
         """Send everything queued now and wait until it is resolved or ``timeout`` seconds pass.
 

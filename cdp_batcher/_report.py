@@ -19,7 +19,7 @@ from ._lifecycle import pipeline_frame
 from ._stats import FailedEvent
 from .destinations._base import Destination
 
-__all__ = ["FailureReporter", "LogLimiter"]
+__all__ = ["FailureReporter", "LogLimiter", "WarnOnce"]
 
 _monotonic = time.monotonic
 
@@ -48,6 +48,19 @@ class LogLimiter:
     def after_fork(self) -> None:
         """In a forked child: a parent thread may have held the lock at the fork."""
         self._lock = threading.Lock()
+
+
+class WarnOnce:
+    """``warn_once(key, message)``: a warning logged the first time its key is seen, never again."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+        self.warned: set[str] = set()
+
+    def __call__(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.logger.warning("%s", message)
 
 
 class FailureReporter:
