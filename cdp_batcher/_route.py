@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ._config import ClientConfig, OnError
 from ._errors import CDPError
@@ -30,6 +30,7 @@ from ._lifecycle import in_pipeline_thread
 from ._queue import EventQueue
 from ._report import FailureReporter, LogLimiter
 from ._senders import SenderPool, Unit
+from ._spool import SpoolQueue, Stream
 from ._stats import DestinationReport, DestinationStats
 from .destinations._base import Destination, cut_units
 
@@ -125,6 +126,17 @@ class UnitControl:
         n = len(items)
         if n == 0:
             return
+        if bucket != DELIVERED and self._base is not None:
+            kept, rest = self._ledger.kept(reason, items)
+            if kept:  # a spool: not delivered for a transient reason, so it stays on disk for later
+                self._ledger.give_back(self._base, kept)
+                self.unresolved -= len(kept)
+                self._reporter.warn(
+                    f"kept:{reason}", f"{len(kept)} event(s) kept in the spool ({reason}); tried again later"
+                )
+                if not rest:
+                    return
+                items, n = rest, len(rest)
         try:
             if error is not None:
                 if self.first_error is None:
@@ -133,7 +145,7 @@ class UnitControl:
                 # seen their on_error call return.
                 self._reporter.failure(items, reason, error, failed=bucket == FAILED)
         finally:
-            self._ledger.resolve(self._base, n, bucket, reason)
+            self._ledger.resolve(self._base, n, bucket, reason, items)
             self.unresolved -= n
 
 
@@ -150,8 +162,10 @@ class Route:
         flush_interval: float,
         on_error: Optional[OnError],
         limiter: LogLimiter,
+        stream: Optional[Stream] = None,
     ) -> None:
         self.dest = destination
+        self._stream = stream  # a spool's stream for this destination: the queue is durable
         self.name = destination.name
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -161,7 +175,9 @@ class Route:
         self._reset()
 
     @classmethod
-    def from_config(cls, destination: Destination, cfg: ClientConfig, limiter: LogLimiter) -> Route:
+    def from_config(
+        cls, destination: Destination, cfg: ClientConfig, limiter: LogLimiter, stream: Optional[Stream] = None
+    ) -> Route:
         """A route for ``destination`` with a client's queue bounds, batch size, interval and on_error."""
         return cls(
             destination,
@@ -171,11 +187,16 @@ class Route:
             flush_interval=cfg.flush_interval,
             on_error=cfg.on_error,
             limiter=limiter,
+            stream=stream,
         )
 
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:
-        self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+        self.queue: Union[EventQueue, SpoolQueue] = (
+            EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+            if self._stream is None
+            else SpoolQueue(self._stream, self._batch_size)
+        )
         self.ledger = Ledger(self.queue)
         self._lock = self.ledger.lock
         self._deadline = Deadline()
@@ -235,9 +256,15 @@ class Route:
             self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
 
     def _drop_queued(self, reason: str, error: BaseException) -> None:
-        """Resolve everything still queued, or drained but not yet given to a sender, as dropped."""
+        """Resolve everything still queued, or drained but not yet given to a sender, as dropped.
+
+        With a spool only what is in memory alone is dropped: the records on disk stay there
+        (units drained for sending are given back), for the next client on the directory."""
         with self._lock:
-            base, items = self.ledger.take_locked(len(self.queue))
+            if self.ledger.spool is not None:
+                base, items = self.ledger.take_unspooled_locked()
+            else:
+                base, items = self.ledger.take_locked(len(self.queue))
             units = list(self._backlog)
             self._backlog.clear()
         for unit_base, unit in units:
@@ -370,6 +397,8 @@ class Route:
         When no dispatcher thread can run (interpreter shutdown), sends from the calling thread."""
         with self._lock:
             ticket = self.ledger.ticket_locked()
+            if self.ledger.spool is not None:
+                self.ledger.spool.resume_locked()  # items given back: try them now
             if ticket.target > self._flush_target:
                 self._flush_target = ticket.target
             waiting = len(self.queue) > 0 or self.ledger.has_reports_locked()
@@ -401,17 +430,25 @@ class Route:
         return True
 
     def wait(self, ticket: FlushTicket, deadline: float) -> bool:
-        """Block until every item below the ticket's target is resolved, or the deadline."""
+        """Block until every item below the ticket's target is resolved, or the deadline. A
+        shutdown with a spool waits only for what is in flight: the rest is safe on disk."""
         ledger = self.ledger
+        if self._stopping and ledger.spool is not None:
+            done: Callable[[], bool] = ledger.quiet
+        else:
+            done = lambda: ledger.done(ticket.target)  # noqa: E731
         with ledger.progress:
-            return ledger.progress.wait_for(
-                lambda: ledger.done(ticket.target), timeout=max(0.0, deadline - _monotonic())
-            )
+            return ledger.progress.wait_for(done, timeout=max(0.0, deadline - _monotonic()))
 
     def report(self, ticket: FlushTicket) -> DestinationReport:
         return self.ledger.report(ticket)
 
     def begin_shutdown(self, deadline: float) -> None:
+        spool = self.ledger.spool
+        if spool is not None and spool.failing:
+            # The destination is down (its last units were given back): nothing to wait for, the
+            # records are on disk. The process exits fast (a deploy), nothing lost.
+            deadline = min(deadline, _monotonic())
         self._deadline.set(deadline)  # first: whoever sees the route stopping sees its deadline
         with self._lock:
             self._stopping = True

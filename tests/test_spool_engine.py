@@ -624,7 +624,9 @@ def test_two_reader_processes_race_for_a_dead_owner(tmp_path: Path) -> None:
         pipe.close()
     code = READER.format(tests=str(Path(__file__).parent), path=str(tmp_path))
     readers = [
-        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     try:

@@ -8,6 +8,7 @@ from ._dir import Spool, SpoolUnavailable
 from ._files import Crash, FileOps
 from ._format import FORMAT_VERSION
 from ._log import DISK, DROPPED, FULL, MEMORY, NO_POS, Record, Stream
+from ._queue import TRANSIENT_REASONS, SpoolQueue, is_transient
 
 __all__ = [
     "DISK",
@@ -21,5 +22,8 @@ __all__ = [
     "Record",
     "Spool",
     "SpoolUnavailable",
+    "SpoolQueue",
     "Stream",
+    "TRANSIENT_REASONS",
+    "is_transient",
 ]

@@ -173,12 +173,25 @@ class SpoolQueue:
         self._paused_until = 0.0
 
     @property
+    def failing(self) -> bool:
+        """Items were given back and nothing was delivered since (the destination seems down)."""
+        return self._pause > 0
+
+    @property
     def paused(self) -> bool:
         return bool(self._returned) and _monotonic() < self._paused_until
 
     def take_unspooled_locked(self) -> list[Item]:
-        """At shutdown: the items kept in memory only (the disk had failed); the others stay on disk."""
-        return self.stream.take_memory_only_locked()
+        """At shutdown: hand out the items kept in memory only (the disk had failed); the others
+        stay on disk."""
+        items = self.stream.take_memory_only_locked()
+        self.drained += len(items)
+        self._count = len(self.stream)
+        return items
+
+    def on_disk(self, item: Item) -> bool:
+        """Whether a handed-out item's record is on disk (else it was kept in memory only)."""
+        return id(item) in self._inflight
 
     def __len__(self) -> int:
         """Items that can be handed out now (0 during a pause)."""
