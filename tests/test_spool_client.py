@@ -253,3 +253,45 @@ def test_sigkill_torture_every_reported_event_arrives(collector: Collector, tmp_
     )
     final.shutdown()
     assert seg_files(tmp_path) == [] or all(p.stat().st_blocks == 0 for p in seg_files(tmp_path))
+
+
+def test_cli_spool_inspect_and_drain(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spool inspect lists what a dead client left; spool drain delivers it, exit 0 once empty
+    (1 while the gateway is down)."""
+    import io
+
+    from cdp_batcher._cli import main
+
+    from conftest import ENV_VARS
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    collector.go_down()
+    client = spool_client(collector, tmp_path, shutdown_timeout=2.0)
+    for i in range(50):
+        client.track("u", "evt", {"n": i})
+    assert client.shutdown().spooled == 50
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["spool", "inspect", str(tmp_path)], out=out, err=err) == 0
+    text = out.getvalue()
+    assert "50 record(s) not yet delivered" in text and "opencdp: 50 record(s)" in text
+    assert "dead (adoptable)" in text
+    conn = ["--api-key", API_KEY, "--endpoint", collector.url, "--fallback-endpoints", ""]
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["spool", "drain", str(tmp_path), "--timeout", "3", "--progress", "off", *conn], out=out, err=err
+    )
+    assert code == 1 and "still in" in err.getvalue()
+    collector.come_back()
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["spool", "drain", str(tmp_path), "--timeout", "30", "--progress", "plain", *conn], out=out, err=err
+    )
+    assert code == 0, (out.getvalue(), err.getvalue())
+    assert "is empty" in out.getvalue() and "50 recovered" in out.getvalue()
+    assert sorted(numbers(collector)) == list(range(50))
+    out = io.StringIO()
+    assert main(["spool", "inspect", str(tmp_path)], out=out, err=io.StringIO()) == 0
+    assert "0 record(s) not yet delivered" in out.getvalue()

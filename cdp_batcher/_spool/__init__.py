@@ -7,6 +7,7 @@ See ``_format`` (bytes on disk), ``_log`` (one destination's FIFO and acknowledg
 from ._dir import Spool, SpoolUnavailable
 from ._files import Crash, FileOps
 from ._format import FORMAT_VERSION
+from ._inspect import SpoolOnDisk, inspect_spool
 from ._log import DISK, DROPPED, FULL, MEMORY, NO_POS, Record, Stream
 from ._queue import TRANSIENT_REASONS, SpoolQueue, is_transient
 
@@ -22,8 +23,10 @@ __all__ = [
     "Record",
     "Spool",
     "SpoolUnavailable",
+    "SpoolOnDisk",
     "SpoolQueue",
     "Stream",
     "TRANSIENT_REASONS",
+    "inspect_spool",
     "is_transient",
 ]
