@@ -21,6 +21,7 @@ import pytest
 
 from cdp_batcher._spool import DISK, FULL, MEMORY, Crash, FileOps, Spool, _log
 from cdp_batcher._spool import _format as fmt
+from cdp_batcher._spool._files import PortableFileOps
 from cdp_batcher._spool._log import Record, Stream
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,9 +100,14 @@ def files(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- basics
-def test_append_take_ack_in_order_and_files_removed(tmp_path: Path) -> None:
-    """Records come back in order; acknowledged segments are unlinked; close leaves an empty dir."""
-    spool = open_spool(tmp_path, segment_bytes=2048)
+WRITE_PATHS = pytest.mark.parametrize("ops", [FileOps(), PortableFileOps()], ids=["libc-write", "os-write"])
+
+
+@WRITE_PATHS
+def test_append_take_ack_in_order_and_files_removed(tmp_path: Path, ops: FileOps) -> None:
+    """Records come back in order; acknowledged segments are unlinked; close leaves an empty dir
+    (both write paths: libc's write holding the GIL, and os.write)."""
+    spool = open_spool(tmp_path, segment_bytes=2048, ops=ops)
     stream = spool.streams[DEST]
     assert [stream.append(1, body(i)) for i in range(200)] == [DISK] * 200
     segs = [f for f in files(tmp_path) if f.endswith(".seg")]
@@ -433,14 +439,17 @@ def _fill_and_recover(spool: Spool, filler: Optional[Path]) -> None:
     assert stream.disk_error is None
 
 
-def test_disk_full_falls_back_to_memory_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@WRITE_PATHS
+def test_disk_full_falls_back_to_memory_and_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: FileOps
+) -> None:
     """ENOSPC on a small tmpfs (or EFBIG under RLIMIT_FSIZE): appends go to memory, counted, and
-    return to disk once there is room."""
+    return to disk once there is room (both write paths)."""
     monkeypatch.setattr(_log, "RETRY_AFTER", 0.0)
     mnt = tmp_path / "small"
     with small_tmpfs(mnt, "96k") as mounted:
         if mounted:
-            spool = open_spool(mnt, segment_bytes=16 * 1024)
+            spool = open_spool(mnt, segment_bytes=16 * 1024, ops=ops)
             _fill_and_recover(spool, None)  # acked segments are deleted: that frees the room
             spool.close()
             return
@@ -451,7 +460,7 @@ def test_disk_full_falls_back_to_memory_and_back(tmp_path: Path, monkeypatch: py
         try:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
-            spool = open_spool(tmp_path / "limited", segment_bytes=4096)
+            spool = open_spool(tmp_path / "limited", segment_bytes=4096, ops=ops)
             _fill_and_recover(spool, None)
             code = 0
         finally:
