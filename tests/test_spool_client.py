@@ -295,3 +295,89 @@ def test_cli_spool_inspect_and_drain(
     out = io.StringIO()
     assert main(["spool", "inspect", str(tmp_path)], out=out, err=io.StringIO()) == 0
     assert "0 record(s) not yet delivered" in out.getvalue()
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_workers_sigkilled_with_the_gateway_down_lose_nothing(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """gunicorn --preload -w 3 sharing one spool_dir: workers SIGKILLed while the collector is
+    down; the respawned workers adopt their files, and once the collector is back every request's
+    event arrives exactly once."""
+    import http.client
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    pytest.importorskip("gunicorn")
+    from conftest import ENV_VARS
+
+    repo = Path(__file__).resolve().parents[1]
+    frameworks = repo / "examples" / "frameworks"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(
+        CDP_API_KEY=API_KEY,
+        CDP_ENDPOINT=collector.url,
+        CDP_FALLBACK_ENDPOINTS="",
+        CDP_SPOOL_DIR=str(tmp_path),
+        PYTHONPATH=str(repo),
+    )
+    cmd = [sys.executable, "-m", "gunicorn", "--preload", "-w", "3", "-b", "127.0.0.1:0"]
+    cmd += ["-c", str(frameworks / "gunicorn_conf.py"), "--chdir", str(frameworks), "gunicorn_app:app"]
+    collector.go_down()
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log: list[str] = []
+    listening = threading.Event()
+    port: list[int] = []
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                port.append(int(found.group(1)))
+                listening.set()
+
+    reader = threading.Thread(target=read_log, name="gunicorn-log", daemon=True)
+    reader.start()
+
+    def get(n: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port[0], timeout=10)
+        conn.request("GET", f"/page/{n}", headers={"X-User-Id": f"user-{n % 5}"})
+        pid = int(conn.getresponse().read().decode().strip().split("=")[1])
+        conn.close()
+        return pid
+
+    served = 0
+    try:
+        assert listening.wait(30), "".join(log)
+        pids = set()
+        for _ in range(3):  # three rounds: serve, then SIGKILL every worker that answered
+            round_pids = set()
+            for _ in range(40):
+                round_pids.add(get(served))
+                served += 1
+            for pid in round_pids:
+                os.kill(pid, signal.SIGKILL)
+            pids |= round_pids
+        for _ in range(20):  # served by respawned workers (which adopt the dead ones' files)
+            get(served)
+            served += 1
+        collector.come_back()
+        deadline = time.monotonic() + 60
+        while collector.count() < served and time.monotonic() < deadline:
+            collector.wait_for(served, timeout=1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        reader.join(10)
+    paths = Counter(e["body"]["properties"]["path"] for e in collector.events())
+    assert set(paths) == {f"/page/{n}" for n in range(served)}, (served, len(paths), "".join(log[-20:]))
+    assert all(c == 1 for c in paths.values()), paths.most_common(3)
+    assert seg_files(tmp_path) == [] or all(p.stat().st_blocks == 0 for p in seg_files(tmp_path))
