@@ -381,3 +381,43 @@ def test_gunicorn_workers_sigkilled_with_the_gateway_down_lose_nothing(
     assert set(paths) == {f"/page/{n}" for n in range(served)}, (served, len(paths), "".join(log[-20:]))
     assert all(c == 1 for c in paths.values()), paths.most_common(3)
     assert seg_files(tmp_path) == [] or all(p.stat().st_blocks == 0 for p in seg_files(tmp_path))
+
+
+def test_forked_child_spools_into_its_own_files(collector: Collector, tmp_path: Path) -> None:
+    """After os.fork() the child's client writes its own owner directory and delivers its own
+    events; the parent's queue and files stay the parent's."""
+    client = spool_client(collector, tmp_path)
+    parent_owner = client._spool.owner  # type: ignore[union-attr]
+    collector.go_down()
+    for i in range(10):
+        client.track("parent", "evt", {"n": i})
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(r)
+            owner = client._spool.owner  # type: ignore[union-attr]
+            for i in range(100, 105):
+                client.track("child", "evt", {"n": i})
+            spooled = client.stats().spooled
+            os.write(w, f"{owner} {spooled}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child_owner, child_spooled = data.decode().split()
+    assert child_owner != parent_owner and int(child_spooled) == 5
+    assert client.stats().spooled == 10  # the parent's ten, not the child's five
+    collector.come_back()
+    deadline = time.monotonic() + 20
+    while collector.count() < 15 and time.monotonic() < deadline:
+        client.flush(2)  # the parent delivers its own and adopts the dead child's
+    assert sorted(numbers(collector)) == [*range(10), *range(100, 105)]
+    client.shutdown()
