@@ -141,7 +141,7 @@ class CDPClient:
         self._fan_out = self._ingest.fan_out  # bound once: the calls below cost what they did
         self._route_call = self._ingest.call
         self._transactional = TransactionalSender(
-            self._opencdp.send_at_most_once,
+            self._opencdp,
             cfg,
             log=self._log,
             limiter=self._limiter,

@@ -16,7 +16,7 @@ import functools
 import time
 import types
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Final, Optional, TypeVar
+from typing import Any, Callable, Final, Optional, Protocol, TypeVar
 
 import msgspec
 
@@ -271,6 +271,12 @@ class SendResult(Mapping[str, Any]):
 # -- sending ------------------------------------------------------------------------------------
 
 
+class _AtMostOnce(Protocol):
+    def send_at_most_once(
+        self, path: str, body: bytes, *, note: Optional[Callable[[str], None]] = None
+    ) -> Any: ...
+
+
 class TransactionalSender:
     """A client's transactional sends: encode, warn about unsupported fields, post at most once
     through the OpenCDP gateway, and map the outcome to a :class:`SendResult` (or raise it,
@@ -278,14 +284,14 @@ class TransactionalSender:
 
     def __init__(
         self,
-        post_at_most_once: Callable[..., Any],
+        gateway: _AtMostOnce,
         cfg: ClientConfig,
         *,
         log: Any,
         limiter: Any,
         warn_once: Callable[[str, str], None],
     ) -> None:
-        self._post = post_at_most_once
+        self._gateway = gateway  # looked up at send time: only sends need it
         self._send = cfg.send
         self._debug = cfg.debug
         self._fail_on_exception = cfg.fail_on_exception
@@ -311,7 +317,7 @@ class TransactionalSender:
             return self._failed(call, SendResult(False, error=error, reason="shutdown"))
         debug = self._debug
         started = time.monotonic()
-        outcome = self._post(
+        outcome = self._gateway.send_at_most_once(
             PATHS[type(req)],
             body,
             note=functools.partial(self._log.debug, "cdp_batcher: %s") if debug else None,
