@@ -376,8 +376,7 @@ class Spool:
         except OSError:
             self._repair()
         for stream in self.streams.values():
-            with stream.lock:
-                stream.check_locked()
+            stream.check()
         self._refresh_budget()
         now = time.monotonic()
         if now - self._last_adopt >= self.ADOPT_EVERY:

@@ -687,17 +687,20 @@ class Stream:
         self._adopted = deque(items)
 
     # ------------------------------------------------------------------------- maintenance
-    def check_locked(self) -> None:
-        """Notice an active segment deleted or replaced underneath (writes would go nowhere)."""
+    def check(self) -> None:
+        """Notice an active segment deleted or replaced underneath (writes would go nowhere).
+        The system calls run outside the lock (producers never wait for them)."""
         seg = self._active
-        if seg is None:
+        if seg is None or seg.fd < 0:
             return
         try:
             same = self.ops.stat(seg.path).st_ino == self.ops.fstat(seg.fd).st_ino
         except OSError:
             same = False
         if not same:
-            self._disk_failed(seg, OSError(f"{seg.path} was deleted or replaced"))
+            with self.lock:
+                if self._active is seg:
+                    self._disk_failed(seg, OSError(f"{seg.path} was deleted or replaced"))
 
     def fds_locked(self) -> list[int]:
         fds = [s.fd for s in self._own if s.fd >= 0 and not (s.sealed and s.is_done())]
