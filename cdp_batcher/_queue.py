@@ -4,8 +4,10 @@
 counts it. The queue's lock is the only lock on the caller's path; the route that owns the
 queue keeps its other counters under the same lock so that a snapshot is consistent.
 
-A producer wakes the flusher only when the queue goes from empty to non-empty (the flusher may
-need starting) or when a full batch is waiting; never once per event.
+A producer wakes the route's dispatcher only when the queue goes from empty to non-empty (the
+dispatcher may need starting) or when a full batch is waiting; never once per event. The queue
+writes its own counters (``offered``, ``accepted``, ``drained``, ``full_drops``); others only
+read them, under ``lock``.
 """
 
 from __future__ import annotations
@@ -124,6 +126,11 @@ class EventQueue:
             other.on_first()
         if m == other._batch_mark:
             other.on_batch()
+
+    def count_offer_locked(self) -> None:
+        """Count an offer the queue does not hold (dropped at call time, or sent inline). The
+        caller holds ``lock``."""
+        self.offered += 1
 
     def drain_locked(self, max_events: int) -> list[Item]:
         """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""
