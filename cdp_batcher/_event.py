@@ -306,19 +306,22 @@ def new_ulid(timestamp_ms: int) -> str:
 #: counter 2**79 steps before the random part could carry into the time. Two threads crossing a
 #: millisecond together may stamp an event with the previous millisecond (by 1 ms): harmless.
 _ulid_counter = itertools.count().__next__
-_ulid_ms = -1
 _ulid_prefix = 0
+#: The millisecond the prefix is for, as the interval [start, end) of time.time() values.
+_ulid_start = 0.0
+_ulid_end = -1.0
 _time = time.time
 
 
 def ulid_value() -> int:
     """A ULID for an event happening now, as an int (:func:`format_ulid` spells it): about
-    0.15 µs, against 1.4 µs for drawing 80 random bits and spelling them per call."""
-    global _ulid_ms, _ulid_prefix
-    ms = int(_time() * 1000)
-    if ms != _ulid_ms:
+    0.15 µs, against 0.9-1.5 µs for drawing 80 random bits and spelling them per call."""
+    global _ulid_prefix, _ulid_start, _ulid_end
+    now = _time()
+    if not _ulid_start <= now < _ulid_end:  # a new millisecond (or the clock went back)
+        ms = int(now * 1000)
         _ulid_prefix = (ms & 0xFFFFFFFFFFFF) << 80 | _random_bits(79)
-        _ulid_ms = ms
+        _ulid_start, _ulid_end = ms / 1000, (ms + 1) / 1000
     return _ulid_prefix + _ulid_counter()
 
 
@@ -354,8 +357,8 @@ class UlidSpeller:
 
 def _reset_ulid_in_child() -> None:
     """A forked child draws its own random part (random re-seeds itself in the child)."""
-    global _ulid_ms
-    _ulid_ms = -1
+    global _ulid_end
+    _ulid_end = -1.0
 
 
 if hasattr(os, "register_at_fork"):
