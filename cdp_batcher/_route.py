@@ -177,6 +177,7 @@ class Route:
     def _reset(self) -> None:
         self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
         self.ledger = Ledger(self.queue)
+        self._refused = self.ledger.refused
         self._lock = self.ledger.lock
         self._deadline = Deadline()
         self._wake = threading.Event()
@@ -218,9 +219,10 @@ class Route:
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
-        wants_report = error is not None and self._reporter.on_error is not None
+        if error is not None and self._reporter.on_error is None:
+            error = None  # nobody to report to: only counted
         # flush() waits for these reports; past the ledger's bound the drop is only counted.
-        if self.ledger.refused(item, reason, error if wants_report else None):
+        if self._refused(item, reason, error):
             self._wake.set()
             self._on_first()
 
