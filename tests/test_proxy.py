@@ -195,7 +195,7 @@ def test_http_proxy(
     assert answer.ok, answer
     (req,) = collector.requests
     assert req.body == BODY and req.header("Authorization") == KEY
-    assert f"POST {collector.url}/v1/persons/track" in squid.log()
+    assert squid.wait_for_log(f"POST {collector.url}/v1/persons/track"), squid.log()
 
 
 def test_no_proxy_goes_direct(
