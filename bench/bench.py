@@ -250,7 +250,7 @@ LIBS: dict[str, type[Lib]] = {
 
 
 def child_caller(spec: dict[str, Any]) -> dict[str, Any]:
-    """ns per track() call: median and p99 over chunks of 1,000 calls, the flusher delivering."""
+    """ns per track() call: median and p99 over chunks of 1,000 calls, the dispatcher delivering."""
     lib = LIBS[spec["lib"]](spec["url"], send=spec.get("send", True))
     track = lib.track
     users = USERS

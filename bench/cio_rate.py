@@ -21,9 +21,11 @@ import time
 from msgspec import Raw
 
 from cdp_batcher import CustomerIoConfig
-from cdp_batcher._event import TRACK, encode_properties
+from cdp_batcher._event import TRACK
+from cdp_batcher._report import LogLimiter
 from cdp_batcher._retry import RetryPolicy
-from cdp_batcher._worker import LogLimiter, Route
+from cdp_batcher._route import Route
+from cdp_batcher._validate import encode_properties
 from cdp_batcher.destinations.customerio import CustomerIoDestination
 
 SITE, KEY = "bench-site", "bench-key"
@@ -74,8 +76,8 @@ def run(url: str, events: int, batch: int, props_bytes: int) -> float:
         props["n"] = i
         raw = Raw(encode_properties(props))  # as the client does once per call in dual-write mode
         route.put((TRACK, dest.encode_track(f"user-{i % 1000}", "bench_evt", raw, time.time())))
-    target, _ = route.begin_flush()
-    if not route.wait(target, time.monotonic() + 120):
+    ticket = route.begin_flush()
+    if not route.wait(ticket, time.monotonic() + 120):
         raise SystemExit("timed out")
     elapsed = time.perf_counter() - start
     stats = route.snapshot()

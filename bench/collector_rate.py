@@ -3,7 +3,7 @@
     .venv/bin/python bench/collector_rate.py [--events 20000] [--concurrency 10]
 
 The collector (``python -m cdp_batcher.testing``) runs in its own process. Prints the median
-and p99 cost of a track() call (chunks of 1,000 calls, while the flusher delivers) and the
+and p99 cost of a track() call (chunks of 1,000 calls, while the dispatcher delivers) and the
 events/s from the first track() until flush() reports every event delivered. The collector
 parses and records every request, so it is usually the slower side; ``make bench`` measures
 against a faster sink.

@@ -1,145 +1,71 @@
-"""The public client: validated calls onto per-destination queues, flush, shutdown, lifecycle."""
+"""The public client: a thin facade over the pipeline.
+
+``CDPClient`` builds the configuration (:mod:`._config`), one route per destination
+(:mod:`._route`), the way calls reach them (:mod:`._ingest`) and the process hooks
+(:mod:`._lifecycle`); it keeps the fast path of ``track()``/``identify()`` inline, and flush,
+shutdown, stats, ping, the transactional sends and the serverless/asyncio helpers.
+"""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
 import os
-import sys
 import threading
 import time
 import types
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from . import _concurrency, _queue, _worker
-from ._config import ClientConfig, CustomerIoConfig, OnError
-from ._errors import CDPError, DeliveryError, ValidationError
+from . import _concurrency
+from ._config import OPTIONS, ClientConfig, CustomerIoConfig, OnError, env_options
 from ._event import (
-    DECODE_ERRORS,
+    DEVICE_STRING_FIELDS,
     IDENTIFY,
     REGISTER_DEVICE,
     TRACK,
+    DeviceInfo,
     Item,
     OpenCdpIdentify,
     OpenCdpTrack,
     Raw,
-    Record,
-    check_event_name,
-    check_identifier,
-    check_properties,
-    decode,
     encode,
-    encode_properties,
-    looks_like_email,
-    serialization_error,
     ulid_value,
 )
+from ._ingest import Dual, Ingest, exact
+from ._ledger import FlushTicket
+from ._lifecycle import ClientHooks, abandon_routes, inside_pipeline, pipeline_frame
+from ._report import LogLimiter, WarnOnce
 from ._retry import RetryPolicy
+from ._route import Route
 from ._stats import DeliveryReport, DestinationReport, Stats
 from ._transactional import (
-    PATHS,
     SendEmailRequest,
     SendPushRequest,
     SendResult,
     SendSmsRequest,
-    TransactionalRequest,
+    TransactionalSender,
     build_request,
-    encode_request,
-    unsupported_fields,
 )
-from ._worker import LogLimiter, Route
-from .destinations._base import Destination, DeviceInfo
+from ._validate import (
+    check_device_fields,
+    check_event_name,
+    check_identifier,
+    check_properties,
+    encode_properties,
+    looks_like_email,
+    serialization_error,
+)
+from .destinations._base import Destination
 from .destinations.opencdp import OpenCdpDestination, PingResult
 
-__all__ = ["CDPClient"]
+__all__ = ["CDPClient", "wait_for_room"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-PLATFORMS = ("android", "ios", "web")
 DEFAULT_FLUSH_TIMEOUT = 30.0
-
-_live_clients: weakref.WeakSet[CDPClient] = weakref.WeakSet()
-
-#: msgspec's output keeps its buffer's growth slack (about half again its length); joined with b""
-#: it is copied to an exact-size object: about 70 bytes less per queued event for about 50 ns.
-_exact = b"".join
-
-#: The dual-write fast path: (the put for both queues, the record destination's record limit
-#: for track, for identify). One encoding, the OpenCDP body; the other queue gets it as a Record.
-_Dual = tuple[Callable[[Item, Record], None], int, int]
-
-
-def _after_fork_in_child() -> None:
-    mp_util = sys.modules.get("multiprocessing.util")
-    for client in list(_live_clients):
-        client._after_fork_in_child()
-        if mp_util is not None:  # a multiprocessing child ends with os._exit: no atexit
-            mp_util.register_after_fork(client, _shutdown_at_multiprocessing_exit)
-
-
-def _shutdown_at_multiprocessing_exit(client: CDPClient) -> None:
-    """Run in a multiprocessing child (fork start method) once its registries were reset: its exit
-    skips atexit but runs multiprocessing's finalizers, so the exit flush goes there too."""
-    import multiprocessing.util
-
-    client._mp_finalizer = multiprocessing.util.Finalize(
-        None, _atexit_shutdown, args=(weakref.ref(client),), exitpriority=100
-    )
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _atexit_shutdown(ref: weakref.ReferenceType[CDPClient]) -> None:
-    client = ref()
-    if client is not None:
-        try:
-            # Calls made later in the exit (another atexit handler) are sent inline until then.
-            client._exit_deadline = time.monotonic() + client._cfg.shutdown_timeout
-            client.shutdown(client._cfg.shutdown_timeout)
-        except Exception:  # never raise at interpreter exit
-            logging.getLogger("cdp_batcher").exception("cdp_batcher: shutdown at exit failed")
-
-
-def _unhooked_fork(ref: weakref.ReferenceType[CDPClient]) -> None:
-    client = ref()
-    if client is not None:
-        client._after_unhooked_fork()
-
-
-def _has_token(token: object) -> bool:
-    """A push token counts when it is not None, empty or all white space."""
-    return bool(token) and not (isinstance(token, str) and token.isspace())
-
-
-_PIPELINE_GLOBALS = (vars(_worker), vars(_queue))
-
-
-def _inside_pipeline() -> bool:
-    """True when the calling thread is already inside the pipeline further down its own stack: a
-    signal handler that interrupted track() or shutdown(), or an on_error callback, calling
-    flush()/shutdown(). Waiting there could wait on a lock that this very thread holds."""
-    frame: Optional[types.FrameType] = sys._getframe(2)  # skip this function and flush/shutdown
-    shutdown_code = CDPClient.shutdown.__code__
-    while frame is not None:
-        if frame.f_globals is _PIPELINE_GLOBALS[0] or frame.f_globals is _PIPELINE_GLOBALS[1]:
-            return True
-        if frame.f_code is shutdown_code:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _abandoned(routes: Sequence[Route], timeout: float) -> None:
-    """A client garbage-collected without shutdown(): let its threads deliver and end."""
-    deadline = time.monotonic() + timeout
-    for route in routes:
-        route.begin_shutdown(deadline)
+_D = ClientConfig  # option defaults: the fields of ClientConfig (the one place they are written)
 
 
 class CDPClient:
@@ -160,27 +86,27 @@ class CDPClient:
         cdp_api_key: str,
         cdp_endpoint: Optional[str] = None,
         cdp_fallback_endpoints: Optional[Sequence[str]] = None,
-        timeout_ms: int = 10_000,
-        max_batch_size: int = 100,
-        flush_interval: float = 0.5,
-        max_queue_size: int = 10_000,
-        max_queue_bytes: int = 32 * 1024 * 1024,
-        max_concurrent_requests: int = 10,
-        max_retries: int = 8,
-        retry_max_time: float = 60.0,
-        shutdown_timeout: float = 5.0,
-        on_error: Optional[OnError] = None,
-        send: bool = True,
-        sync_mode: bool = False,
-        fail_on_exception: bool = False,
-        debug: bool = False,
-        session: Any = None,
-        logger: Any = None,
-        send_to_customer_io: bool = False,
-        customer_io: Optional[CustomerIoConfig] = None,
+        timeout_ms: int = _D.timeout_ms,
+        max_batch_size: int = _D.max_batch_size,
+        flush_interval: float = _D.flush_interval,
+        max_queue_size: int = _D.max_queue_size,
+        max_queue_bytes: int = _D.max_queue_bytes,
+        max_concurrent_requests: int = _D.max_concurrent_requests,
+        max_retries: int = _D.max_retries,
+        retry_max_time: float = _D.retry_max_time,
+        shutdown_timeout: float = _D.shutdown_timeout,
+        on_error: Optional[OnError] = _D.on_error,
+        send: bool = _D.send,
+        sync_mode: bool = _D.sync_mode,
+        fail_on_exception: bool = _D.fail_on_exception,
+        debug: bool = _D.debug,
+        session: Any = _D.session,
+        logger: Any = _D.logger,
+        send_to_customer_io: bool = _D.send_to_customer_io,
+        customer_io: Optional[CustomerIoConfig] = _D.customer_io,
     ) -> None:
-        settings = {name: value for name, value in locals().items() if name != "self"}
-        cfg = ClientConfig.from_kwargs(**settings)  # the same names, validated in one place
+        given = locals()  # this signature is OPTIONS with ClientConfig's defaults (test_single_sources)
+        cfg = ClientConfig.from_kwargs(**{name: given[name] for name in OPTIONS})
         self._cfg = cfg
         self._log = cfg.get_logger()
         if cfg.debug and logger is None and isinstance(self._log, logging.Logger):
@@ -198,39 +124,35 @@ class CDPClient:
         destinations: list[Destination] = [self._opencdp]
         if cfg.customer_io is not None:
             destinations.append(self._customer_io_destination(cfg.customer_io))
-        self._routes = tuple(
-            Route(
-                dest,
-                max_queue_size=cfg.max_queue_size,
-                max_queue_bytes=cfg.max_queue_bytes,
-                max_batch_size=cfg.max_batch_size,
-                flush_interval=cfg.flush_interval,
-                on_error=cfg.on_error,
-                limiter=self._limiter,
-            )
-            for dest in destinations
-        )
-        for route in self._routes:  # through a weak reference: routes outlive an abandoned client
-            route.on_fork = functools.partial(_unhooked_fork, weakref.ref(self))
-        self._needs_timestamp = any(d.needs_timestamp for d in destinations)
+        self._routes = tuple(Route.from_config(dest, cfg, self._limiter) for dest in destinations)
         self._closed = False
         self._shutdown_lock = _concurrency.lock()
         self._sync_token = _concurrency.token()
         self._shutdown_report: Optional[DeliveryReport] = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(self._log)  # shared, so that nothing below holds the client
+        self._warned = self._warn_once.warned
+        self._ingest = Ingest(self._routes, send=cfg.send, sync_mode=cfg.sync_mode, warn_once=self._warn_once)
+        self._route_call = self._ingest.call
+        self._transactional = TransactionalSender(
+            self._opencdp,
+            cfg,
+            log=self._log,
+            limiter=self._limiter,
+            warn_once=self._warn_once,
+        )
         self._fast_put: Optional[Callable[[Item], bool]] = None
-        self._fast_dual: Optional[_Dual] = None
+        self._fast_dual: Optional[Dual] = None
         self._set_fast_path()
-        _live_clients.add(self)
-        self._atexit_hook = functools.partial(_atexit_shutdown, weakref.ref(self))
-        atexit.register(self._atexit_hook)
-        self._finalizer = weakref.finalize(self, _abandoned, self._routes, cfg.shutdown_timeout)
-        self._finalizer.atexit = False
-        self._exit_deadline = 0.0  # the exit hook sets it: calls after shutdown go inline until then
-        self._mp_finalizer: Any = None
-        mp_process = sys.modules.get("multiprocessing.process")
-        if mp_process is not None and mp_process.parent_process() is not None:
-            _shutdown_at_multiprocessing_exit(self)  # built inside a multiprocessing child
+        self._hooks = ClientHooks(
+            self,
+            shutdown_timeout=cfg.shutdown_timeout,
+            logger=self._log,
+            after_fork=self._after_fork_in_child,
+            before_exit=self._before_exit,
+            abandon=functools.partial(abandon_routes, self._routes, cfg.shutdown_timeout),
+        )
+        for route in self._routes:  # a child forked without Python's fork hooks resets the client
+            route.on_fork = self._hooks.unhooked_fork
 
     def _customer_io_destination(self, cio: CustomerIoConfig) -> Destination:
         from .destinations.customerio import CustomerIoDestination
@@ -244,16 +166,18 @@ class CDPClient:
         )
 
     def _set_fast_path(self) -> None:
-        """One destination, sending, asynchronous, open: track() goes straight to the queue."""
-        cfg = self._cfg
-        simple = len(self._routes) == 1 and cfg.send and not cfg.sync_mode and not self._closed
-        self._fast_put = self._routes[0].put if simple else None
-        dual = len(self._routes) == 2 and cfg.send and not cfg.sync_mode and not self._closed
-        other = self._routes[-1]
+        """The paths track()/identify() take in the client's present state (see _ingest)."""
+        self._fast_put, self._fast_dual = self._ingest.fast_paths()
+
+    def _before_exit(self, deadline: float) -> None:
+        """The exit hook's shutdown is next: calls made after it are sent inline until ``deadline``."""
+        self._ingest.inline_until = deadline
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ingest.closed = True
+        self._fast_put = None
         self._fast_dual = None
-        if dual and other.dest.takes_records:
-            put_pair = self._routes[0].pair_with(other)  # before any thread uses the routes
-            self._fast_dual = (put_pair, other.dest.record_limit(TRACK), other.dest.record_limit(IDENTIFY))
 
     def __repr__(self) -> str:
         names = ", ".join(r.name for r in self._routes)
@@ -287,16 +211,16 @@ class CDPClient:
                 body = encode(OpenCdpTrack(identifier, event_name, properties))
             except Exception as exc:
                 raise serialization_error(properties, "properties", exc) from None
-            put((TRACK, _exact((body, b""))))
+            put((TRACK, exact((body, b""))))
             return
         dual = self._fast_dual
-        if dual is not None:
+        if dual is not None:  # dual-write: one body, queued on both routes with one put
             try:
                 body = encode(OpenCdpTrack(identifier, event_name, properties))
             except Exception as exc:
                 raise serialization_error(properties, "properties", exc) from None
             if len(body) <= dual[1]:
-                body = _exact((body, b""))
+                body = exact((body, b""))
                 dual[0]((TRACK, body), (TRACK, body, ulid_value()))
                 return
         self._route_call(TRACK, identifier, event_name, properties)
@@ -322,7 +246,7 @@ class CDPClient:
                 body = encode(OpenCdpIdentify(identifier, properties))
             except Exception as exc:
                 raise serialization_error(properties, "properties", exc) from None
-            put((IDENTIFY, _exact((body, b""))))
+            put((IDENTIFY, exact((body, b""))))
             return
         dual = self._fast_dual
         if dual is not None:
@@ -331,7 +255,7 @@ class CDPClient:
             except Exception as exc:
                 raise serialization_error(properties, "properties", exc) from None
             if len(body) <= dual[2]:
-                body = _exact((body, b""))
+                body = exact((body, b""))
                 dual[0]((IDENTIFY, body), (IDENTIFY, body, ulid_value()))
                 return
         self._route_call(IDENTIFY, identifier, None, properties)
@@ -359,30 +283,15 @@ class CDPClient:
         >>> client.register_device("user123", device_id="dev-1", platform="ios", apn_token="...")  # doctest: +SKIP
         """
         identifier = check_identifier(identifier)
-        if device_id is None or (isinstance(device_id, str) and (not device_id or device_id.isspace())):
-            raise ValidationError("device ID required")
-        if not isinstance(device_id, str):
-            raise ValidationError(f"device_id must be a string, got {type(device_id).__name__}")
-        if platform not in PLATFORMS:
-            raise ValidationError(f"platform must be one of: android, ios, web; got {platform!r}")
-        if not _has_token(fcm_token) and not _has_token(apn_token):
-            raise ValidationError("fcmToken or apnToken required")
-        for field, value in (
-            ("fcm_token", fcm_token),
-            ("apn_token", apn_token),
-            ("name", name),
-            ("os_version", os_version),
-            ("model", model),
-            ("app_version", app_version),
-        ):
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
+        strings = (fcm_token, apn_token, name, os_version, model, app_version)
+        check_device_fields(device_id, platform, dict(zip(DEVICE_STRING_FIELDS, strings)))
         attrs: Any = None
         if attributes is not None:
             attrs = Raw(encode_properties(check_properties(attributes, "attributes"), "attributes"))
         if last_active_at is not None:
             encode_properties({"last_active_at": last_active_at}, "last_active_at")
         device = DeviceInfo(
+            identifier=identifier,
             device_id=device_id,
             platform=platform,
             fcm_token=fcm_token,
@@ -396,62 +305,6 @@ class CDPClient:
         )
         self._route_call(REGISTER_DEVICE, identifier, None, device)
 
-    def _route_call(self, kind: int, identifier: str, event_name: Optional[str], payload: Any) -> None:
-        """The general path: several destinations, sync mode, disabled or closed clients."""
-        routes = self._routes
-        if kind != REGISTER_DEVICE:
-            raw = Raw(encode_properties(payload))  # validates even when nothing is sent
-            payload = raw if len(routes) > 1 else payload
-        inline = self._cfg.sync_mode
-        if self._closed:
-            if time.monotonic() >= self._exit_deadline:
-                for route in routes:
-                    route.drop_at_offer((kind, b""), "shutdown")
-                self._warn_once(
-                    "closed", "cdp_batcher: call after shutdown() dropped (counted as dropped: shutdown)"
-                )
-                return
-            inline = True  # interpreter exit, after the exit flush: send from this thread by its deadline
-        if not self._cfg.send:
-            for route in routes:
-                route.drop_at_offer((kind, b""), "disabled")
-            return
-        timestamp = time.time() if self._needs_timestamp else 0.0
-        items: list[tuple[Route, Item, Optional[str]]] = []
-        for route in routes:
-            dest = route.dest
-            reason = None
-            if kind == TRACK:
-                assert event_name is not None
-                body = dest.encode_track(identifier, event_name, payload, timestamp)
-            elif kind == IDENTIFY:
-                body = dest.encode_identify(identifier, payload, timestamp)
-            else:
-                body = dest.encode_device(identifier, payload, timestamp)
-                reason = dest.device_rejection(payload)
-            if reason is None and dest.max_entry_bytes is not None and len(body) > dest.max_entry_bytes:
-                reason = "too_large"
-            items.append((route, (kind, body), reason))
-        failures: list[BaseException] = []
-        for route, item, reason in items:
-            if reason is not None:
-                route.drop_at_offer(item, reason, CDPError(f"{route.name}: event not sent ({reason})"))
-            elif inline:
-                failure = route.send_now(item)
-                if failure is not None and self._cfg.sync_mode:
-                    failures.append(failure[1])
-            else:
-                route.put(item)
-        if failures:
-            error = failures[0]
-            raise error if isinstance(error, DeliveryError) else DeliveryError(str(error))
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            self._log.warning("%s", message)
-
-    # --------------------------------------------------------------------------- flush & exit
     def flush(self, timeout: Optional[float] = DEFAULT_FLUSH_TIMEOUT) -> DeliveryReport:
         """Send everything queued now and wait until it is resolved or ``timeout`` seconds pass.
 
@@ -461,19 +314,22 @@ class CDPClient:
         >>> report = client.flush(timeout=10.0)  # doctest: +SKIP
         >>> assert report, report  # doctest: +SKIP
         """
-        if _inside_pipeline():
+        if inside_pipeline():
             return self._unresolved_report()
-        start = time.monotonic()
-        deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
-        marks = [(route, *route.begin_flush(deadline)) for route in self._routes]
-        met = True
-        for route, target, _ in marks:
-            met = route.wait(target, deadline) and met
-        return self._report(marks, met, start)
+        with pipeline_frame:  # an on_error call made from here, or a signal handler, cannot wait
+            start = time.monotonic()
+            deadline = start + (DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout))
+            tickets = [(route, route.begin_flush(deadline)) for route in self._routes]
+            met = True
+            for route, ticket in tickets:
+                met = route.wait(ticket, deadline) and met
+            return self._report(tickets, met, start)
 
-    def _report(self, marks: Sequence[tuple[Route, int, Any]], met: bool, start: float) -> DeliveryReport:
+    def _report(
+        self, tickets: Sequence[tuple[Route, FlushTicket]], met: bool, start: float
+    ) -> DeliveryReport:
         reports: dict[str, DestinationReport] = {
-            route.name: route.report(target, before) for route, target, before in marks
+            route.name: route.report(ticket) for route, ticket in tickets
         }
         return DeliveryReport(types.MappingProxyType(reports), met, time.monotonic() - start)
 
@@ -490,39 +346,31 @@ class CDPClient:
         """
         if self._shutdown_report is not None:
             return self._shutdown_report
-        if _inside_pipeline():
+        if inside_pipeline():
             return self._shutdown_later(timeout)
         if _concurrency.stale(self._sync_token):  # gevent/eventlet patched threading since: see _concurrency
             self._shutdown_lock, self._sync_token = _concurrency.lock(), _concurrency.token()
-        with self._shutdown_lock:
+        with pipeline_frame, self._shutdown_lock:
             if self._shutdown_report is not None:
                 return self._shutdown_report
             start = time.monotonic()
             deadline = start + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
-            self._closed = True
-            self._fast_put = None
-            self._fast_dual = None
+            self._close()
             # No inline sending here: finish_shutdown does it, once the deadline caps requests.
-            marks = [(route, *route.begin_flush(deadline, inline=False)) for route in self._routes]
+            tickets = [(route, route.begin_flush(deadline, inline=False)) for route in self._routes]
             for route in self._routes:
                 route.begin_shutdown(deadline)
             for route in self._routes:
                 route.finish_shutdown(deadline)
-            met = all(route.wait(target, deadline) for route, target, _ in marks)
-            report = self._report(marks, met, start)
+            met = all(route.wait(ticket, deadline) for route, ticket in tickets)
+            report = self._report(tickets, met, start)
             self._shutdown_report = report
-            atexit.unregister(self._atexit_hook)
-            self._finalizer.detach()
-            if self._mp_finalizer is not None:
-                self._mp_finalizer.cancel()
-            _live_clients.discard(self)
+            self._hooks.closed()
             return report
 
     def _shutdown_later(self, timeout: Optional[float]) -> DeliveryReport:
         deadline = time.monotonic() + (self._cfg.shutdown_timeout if timeout is None else max(0.0, timeout))
-        self._closed = True
-        self._fast_put = None
-        self._fast_dual = None
+        self._close()
 
         def finish() -> None:
             try:
@@ -539,8 +387,7 @@ class CDPClient:
         """What is queued or in flight, read without taking any lock (for calls that cannot wait)."""
         empty: Mapping[str, int] = types.MappingProxyType({})
         reports = {
-            route.name: DestinationReport(0, empty, empty, len(route.queue) + route._in_flight)
-            for route in self._routes
+            route.name: DestinationReport(0, empty, empty, route.unresolved()) for route in self._routes
         }
         return DeliveryReport(types.MappingProxyType(reports), False, 0.0)
 
@@ -572,26 +419,10 @@ class CDPClient:
         return Stats(enqueued=snaps["opencdp"].enqueued, destinations=types.MappingProxyType(snaps))
 
     # ------------------------------------------------------------------------------- fork
-    def _after_unhooked_fork(self) -> None:
-        """A route found itself in a child forked without Python's fork hooks (uWSGI without
-        lazy-apps or py-call-osafterfork, a C extension calling fork()): reset as the at-fork hook
-        would have, once, and say so."""
-        parent, pid = self._routes[0].pid, os.getpid()
-        if parent == pid:  # another route (or thread) of this client did it already
-            return
-        self._after_fork_in_child()
-        self._log.info(
-            "cdp_batcher: process %d was forked from %d without Python's fork hooks (uWSGI's default): "
-            "the client starts empty here, with its own threads and connections; events queued "
-            "before the fork stay the parent's",
-            pid,
-            parent,
-        )
-
     def _after_fork_in_child(self) -> None:
         for route in self._routes:
             route.after_fork_in_child()
-        self._limiter._lock = _concurrency.lock()  # a parent thread may have held it at the fork
+        self._limiter.after_fork()
         self._shutdown_lock = _concurrency.lock()
         self._sync_token = _concurrency.token()
         self._set_fast_path()
@@ -617,7 +448,7 @@ class CDPClient:
         >>> result["delivery_id"] if result else result.error  # doctest: +SKIP
         """
         req = build_request(SendEmailRequest, request, fields, func="send_email")
-        return self._send_transactional("send_email", req)
+        return self._transactional.send("send_email", req, closed=self._closed)
 
     def send_push(self, request: Optional[SendPushRequest] = None, /, **fields: Any) -> SendResult:
         """Send a transactional push (``POST /v1/send/push``) to the person's registered devices.
@@ -629,7 +460,7 @@ class CDPClient:
         ...                  title="Shipped", message_data={"order": "A-1"})
         """
         req = build_request(SendPushRequest, request, fields, func="send_push")
-        return self._send_transactional("send_push", req)
+        return self._transactional.send("send_push", req, closed=self._closed)
 
     def send_sms(self, request: Optional[SendSmsRequest] = None, /, **fields: Any) -> SendResult:
         """Send a transactional SMS (``POST /v1/send/sms``): a template or a raw ``body``.
@@ -640,76 +471,7 @@ class CDPClient:
         >>> client.send_sms(identifiers={"id": "user123"}, to="+15550001111", body="Code: 1234")  # doctest: +SKIP
         """
         req = build_request(SendSmsRequest, request, fields, func="send_sms")
-        return self._send_transactional("send_sms", req)
-
-    def _send_transactional(self, call: str, req: TransactionalRequest) -> SendResult:
-        body = encode_request(req)  # SerializationError (a ValidationError) before any request
-        unsupported = unsupported_fields(req)
-        if unsupported:
-            names = ", ".join(unsupported)
-            self._warn_once(
-                f"unsupported:{call}:{names}",
-                f"cdp_batcher: {call}() fields not yet processed by the backend (sent, but ignored): {names}",
-            )
-        if not self._cfg.send:
-            if self._cfg.debug:
-                self._log.debug("cdp_batcher: %s() not sent (send=False)", call)
-            return SendResult(False, reason="disabled")
-        if self._closed:
-            error = DeliveryError(f"{call}() called after shutdown(): not sent")
-            return self._send_failed(call, SendResult(False, error=error, reason="shutdown"))
-        debug = self._cfg.debug
-        started = time.monotonic()
-        outcome = self._opencdp.send_at_most_once(
-            PATHS[type(req)],
-            body,
-            note=functools.partial(self._log.debug, "cdp_batcher: %s") if debug else None,
-        )
-        answer = outcome.answer
-        parsed: Any = None
-        if answer is not None and answer.content:
-            try:
-                parsed = decode(answer.content)
-            except DECODE_ERRORS:
-                parsed = None
-        result = SendResult(
-            outcome.ok,
-            status_code=answer.status if answer is not None else None,
-            host=outcome.host,
-            body=parsed,
-            error=outcome.error,
-            reason=outcome.reason,
-            attempts=outcome.attempts,
-            elapsed=time.monotonic() - started,
-        )
-        if result.ok:
-            if debug:
-                self._log.debug(
-                    "cdp_batcher: %s() accepted by %s (HTTP %s, %d attempt(s), %.3fs)",
-                    call,
-                    result.host,
-                    result.status_code,
-                    result.attempts,
-                    result.elapsed,
-                )
-            return result
-        return self._send_failed(call, result)
-
-    def _send_failed(self, call: str, result: SendResult) -> SendResult:
-        """Raise the result's DeliveryError (fail_on_exception) or log it and return the result."""
-        error = result.error if result.error is not None else DeliveryError(f"{call}() failed")
-        if self._cfg.fail_on_exception:
-            if self._cfg.debug:
-                self._log.debug("cdp_batcher: %s() failed (%s): raising DeliveryError", call, result.reason)
-            raise error
-        status = f", HTTP {result.status_code}" if result.status_code is not None else ""
-        detail = f": {error.server_message}" if self._cfg.debug and error.server_message else ""
-        self._limiter.warn(
-            f"transactional:{call}:{result.reason}",
-            f"cdp_batcher: {call}() failed ({result.reason}{status}) at {result.host or 'no host'}{detail}; "
-            "not resent (transactional sends are never sent twice)",
-        )
-        return result
+        return self._transactional.send("send_sms", req, closed=self._closed)
 
     # ------------------------------------------------------------- environment, asyncio, bulk
     @classmethod
@@ -724,42 +486,7 @@ class CDPClient:
 
         >>> client = CDPClient.from_env(flush_interval=0.2)  # doctest: +SKIP
         """
-        from ._errors import ConfigError
-
-        env = os.environ if environ is None else environ
-        settings: dict[str, Any] = {}
-        key = env.get("CDP_API_KEY", "")
-        if key.strip():
-            settings["cdp_api_key"] = key.strip()
-        elif "cdp_api_key" not in overrides:
-            state = "is empty" if "CDP_API_KEY" in env else "is not set"
-            raise ConfigError(f"CDP_API_KEY {state}: export CDP_API_KEY=... or pass cdp_api_key=...")
-        if env.get("CDP_ENDPOINT", "").strip():
-            settings["cdp_endpoint"] = env["CDP_ENDPOINT"].strip()
-        if "CDP_FALLBACK_ENDPOINTS" in env:
-            hosts = env["CDP_FALLBACK_ENDPOINTS"].split(",")
-            settings["cdp_fallback_endpoints"] = [h.strip() for h in hosts if h.strip()]
-        site = env.get("CUSTOMERIO_SITE_ID", "").strip()
-        cio_key = env.get("CUSTOMERIO_API_KEY", "").strip()
-        if "customer_io" not in overrides and "send_to_customer_io" not in overrides:
-            if bool(site) != bool(cio_key):
-                given, missing = (
-                    ("CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY")
-                    if site
-                    else ("CUSTOMERIO_API_KEY", "CUSTOMERIO_SITE_ID")
-                )
-                raise ConfigError(f"{given} is set but {missing} is not: set both to dual-write, or neither")
-            if site:
-                region = env.get("CUSTOMERIO_REGION", "").strip().lower() or "us"
-                if region not in ("us", "eu"):
-                    raise ConfigError(f"CUSTOMERIO_REGION must be 'us' or 'eu', got {region!r}")
-                url = env.get("CUSTOMERIO_URL", "").strip() or None
-                settings["customer_io"] = CustomerIoConfig(
-                    site_id=site, api_key=cio_key, region=region, url=url
-                )
-                settings["send_to_customer_io"] = True
-        settings.update(overrides)
-        return cls(**settings)
+        return cls(**env_options(os.environ if environ is None else environ, overrides))
 
     async def aflush(self, timeout: Optional[float] = DEFAULT_FLUSH_TIMEOUT) -> DeliveryReport:
         """:meth:`flush` for asyncio code: waits in a worker thread, never blocking the event loop.
@@ -780,14 +507,6 @@ class CDPClient:
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(self.shutdown, timeout))
-
-    def _wait_for_room(self, high: float = 0.5, low: float = 0.25, timeout: Optional[float] = None) -> bool:
-        """Backpressure for bulk producers (the importer): when a destination's queue holds
-        ``high`` of its count or byte bound, ask for a flush and block until it is down to
-        ``low``, so that no call is ever dropped as ``queue_full``. False on timeout or when the
-        client is closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return all(route.wait_for_room(high, low, deadline, lambda: self._closed) for route in self._routes)
 
     # ------------------------------------------------------------ serverless, short-lived jobs
     @contextlib.contextmanager
@@ -842,3 +561,14 @@ class CDPClient:
     def _log_unflushed(self, report: DeliveryReport) -> None:
         if not report:
             self._log.warning("cdp_batcher: flush at the end of the invocation incomplete: %s", report)
+
+
+def wait_for_room(
+    client: CDPClient, high: float = 0.5, low: float = 0.25, timeout: Optional[float] = None
+) -> bool:
+    """Backpressure for bulk producers (the importer): when a destination's queue holds ``high``
+    of its count or byte bound, ask for a flush and block until it is down to ``low``, so that no
+    call is ever dropped as ``queue_full``. False on timeout or when the client is closed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    closed = lambda: client._closed  # noqa: E731
+    return all(route.wait_for_room(high, low, deadline, closed) for route in client._routes)

@@ -28,6 +28,7 @@ __all__ = [
     "event",
     "fork_guard",
     "fork_guard_works",
+    "local",
     "lock",
     "patched",
     "simple_queue",
@@ -60,6 +61,11 @@ def condition(with_lock: Any = None) -> threading.Condition:
 def event() -> threading.Event:
     """A new ``threading.Event`` of the implementation in force."""
     return threading.Event()
+
+
+def local() -> Any:
+    """A new ``threading.local`` of the implementation in force (per greenlet once patched)."""
+    return threading.local()
 
 
 def simple_queue() -> queue.SimpleQueue[Any]:

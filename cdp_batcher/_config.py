@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional, Union, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Optional, cast
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -17,8 +17,11 @@ from ._errors import ConfigError
 __all__ = [
     "DEFAULT_CDP_ENDPOINT",
     "DEFAULT_CDP_FALLBACK_ENDPOINTS",
+    "ENV_VARIABLES",
+    "OPTIONS",
     "ClientConfig",
     "CustomerIoConfig",
+    "env_options",
     "normalize_endpoints",
 ]
 
@@ -166,32 +169,21 @@ class ClientConfig:
         return self.timeout_ms / 1000.0
 
     @classmethod
-    def from_kwargs(
-        cls,
-        *,
-        cdp_api_key: str,
-        cdp_endpoint: Optional[str] = None,
-        cdp_fallback_endpoints: Optional[Sequence[str]] = None,
-        timeout_ms: int = 10_000,
-        max_batch_size: int = 100,
-        flush_interval: float = 0.5,
-        max_queue_size: int = 10_000,
-        max_queue_bytes: int = 32 * 1024 * 1024,
-        max_concurrent_requests: int = 10,
-        max_retries: int = 8,
-        retry_max_time: float = 60.0,
-        shutdown_timeout: float = 5.0,
-        on_error: Optional[OnError] = None,
-        send: bool = True,
-        sync_mode: bool = False,
-        fail_on_exception: bool = False,
-        debug: bool = False,
-        session: Any = None,
-        logger: Any = None,
-        send_to_customer_io: bool = False,
-        customer_io: Union[CustomerIoConfig, None] = None,
-    ) -> ClientConfig:
-        """Validate flat keyword arguments (the public names of :class:`CDPClient`)."""
+    def from_kwargs(cls, **options: Any) -> ClientConfig:
+        """Validate flat keyword arguments (the public names of :class:`CDPClient`, :data:`OPTIONS`);
+        an option not given takes its default, the field's default here."""
+        unknown = [name for name in options if name not in OPTIONS]
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(map(repr, unknown))}")
+        if "cdp_api_key" not in options:
+            raise TypeError("missing required keyword argument: 'cdp_api_key'")
+        opt: dict[str, Any] = {name: options.get(name, getattr(cls, name, None)) for name in OPTIONS}
+        cdp_api_key = opt["cdp_api_key"]
+        cdp_endpoint = opt["cdp_endpoint"]
+        cdp_fallback_endpoints = opt["cdp_fallback_endpoints"]
+        max_concurrent_requests = opt["max_concurrent_requests"]
+        on_error, session, logger = opt["on_error"], opt["session"], opt["logger"]
+        send_to_customer_io, customer_io = opt["send_to_customer_io"], opt["customer_io"]
         if not isinstance(cdp_api_key, str) or not cdp_api_key.strip():
             given = "an empty string" if isinstance(cdp_api_key, str) else type(cdp_api_key).__name__
             raise ConfigError(f"cdp_api_key must be a non-empty string, got {given}")
@@ -230,20 +222,20 @@ class ClientConfig:
         return cls(
             cdp_api_key=cdp_api_key,
             endpoints=endpoints,
-            timeout_ms=_number("timeout_ms", timeout_ms, minimum=0, integer=True, exclusive=True),
-            max_batch_size=_number("max_batch_size", max_batch_size, minimum=1, integer=True),
-            flush_interval=float(_number("flush_interval", flush_interval, minimum=0, exclusive=True)),
-            max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
-            max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
+            timeout_ms=_number("timeout_ms", opt["timeout_ms"], minimum=0, integer=True, exclusive=True),
+            max_batch_size=_number("max_batch_size", opt["max_batch_size"], minimum=1, integer=True),
+            flush_interval=float(_number("flush_interval", opt["flush_interval"], minimum=0, exclusive=True)),
+            max_queue_size=_number("max_queue_size", opt["max_queue_size"], minimum=1, integer=True),
+            max_queue_bytes=_number("max_queue_bytes", opt["max_queue_bytes"], minimum=1024, integer=True),
             max_concurrent_requests=min(concurrency, MAX_CONCURRENT_REQUESTS_CAP),
-            max_retries=_number("max_retries", max_retries, minimum=0, integer=True),
-            retry_max_time=float(_number("retry_max_time", retry_max_time, minimum=0)),
-            shutdown_timeout=float(_number("shutdown_timeout", shutdown_timeout, minimum=0)),
+            max_retries=_number("max_retries", opt["max_retries"], minimum=0, integer=True),
+            retry_max_time=float(_number("retry_max_time", opt["retry_max_time"], minimum=0)),
+            shutdown_timeout=float(_number("shutdown_timeout", opt["shutdown_timeout"], minimum=0)),
             on_error=on_error,
-            send=_flag("send", send),
-            sync_mode=_flag("sync_mode", sync_mode),
-            fail_on_exception=_flag("fail_on_exception", fail_on_exception),
-            debug=_flag("debug", debug),
+            send=_flag("send", opt["send"]),
+            sync_mode=_flag("sync_mode", opt["sync_mode"]),
+            fail_on_exception=_flag("fail_on_exception", opt["fail_on_exception"]),
+            debug=_flag("debug", opt["debug"]),
             session=session,
             logger=logger,
             send_to_customer_io=send_to_customer_io,
@@ -253,3 +245,65 @@ class ClientConfig:
     def get_logger(self) -> Any:
         """The logger to use: the user's, else ``logging.getLogger("cdp_batcher")``."""
         return self.logger if self.logger is not None else logging.getLogger("cdp_batcher")
+
+
+#: The public options of :class:`CDPClient`, in order: the API key, the two endpoint options
+#: (folded into ``endpoints``), then every other field of :class:`ClientConfig`, whose default is
+#: the option's default (the one place defaults are written).
+OPTIONS: tuple[str, ...] = (
+    "cdp_api_key",
+    "cdp_endpoint",
+    "cdp_fallback_endpoints",
+    *(f.name for f in dataclasses.fields(ClientConfig) if f.name not in ("cdp_api_key", "endpoints")),
+)
+
+#: The environment variables :func:`env_options` reads.
+ENV_VARIABLES = (
+    "CDP_API_KEY",
+    "CDP_ENDPOINT",
+    "CDP_FALLBACK_ENDPOINTS",
+    "CUSTOMERIO_SITE_ID",
+    "CUSTOMERIO_API_KEY",
+    "CUSTOMERIO_REGION",
+    "CUSTOMERIO_URL",
+)
+
+
+def env_options(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The client options that ``environ`` sets (see :meth:`CDPClient.from_env`), ``overrides`` on top.
+
+    >>> env_options({"CDP_API_KEY": "k", "CDP_FALLBACK_ENDPOINTS": ""}, {})
+    {'cdp_api_key': 'k', 'cdp_fallback_endpoints': []}
+    """
+    env = environ
+    settings: dict[str, Any] = {}
+    key = env.get("CDP_API_KEY", "")
+    if key.strip():
+        settings["cdp_api_key"] = key.strip()
+    elif "cdp_api_key" not in overrides:
+        state = "is empty" if "CDP_API_KEY" in env else "is not set"
+        raise ConfigError(f"CDP_API_KEY {state}: export CDP_API_KEY=... or pass cdp_api_key=...")
+    if env.get("CDP_ENDPOINT", "").strip():
+        settings["cdp_endpoint"] = env["CDP_ENDPOINT"].strip()
+    if "CDP_FALLBACK_ENDPOINTS" in env:
+        hosts = env["CDP_FALLBACK_ENDPOINTS"].split(",")
+        settings["cdp_fallback_endpoints"] = [h.strip() for h in hosts if h.strip()]
+    site = env.get("CUSTOMERIO_SITE_ID", "").strip()
+    cio_key = env.get("CUSTOMERIO_API_KEY", "").strip()
+    if "customer_io" not in overrides and "send_to_customer_io" not in overrides:
+        if bool(site) != bool(cio_key):
+            given, missing = (
+                ("CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY")
+                if site
+                else ("CUSTOMERIO_API_KEY", "CUSTOMERIO_SITE_ID")
+            )
+            raise ConfigError(f"{given} is set but {missing} is not: set both to dual-write, or neither")
+        if site:
+            region = env.get("CUSTOMERIO_REGION", "").strip().lower() or "us"
+            if region not in ("us", "eu"):
+                raise ConfigError(f"CUSTOMERIO_REGION must be 'us' or 'eu', got {region!r}")
+            url = env.get("CUSTOMERIO_URL", "").strip() or None
+            settings["customer_io"] = CustomerIoConfig(site_id=site, api_key=cio_key, region=region, url=url)
+            settings["send_to_customer_io"] = True
+    settings.update(overrides)
+    return settings

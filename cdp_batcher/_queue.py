@@ -4,8 +4,10 @@
 counts it. The queue's lock is the only lock on the caller's path; the route that owns the
 queue keeps its other counters under the same lock so that a snapshot is consistent.
 
-A producer wakes the flusher only when the queue goes from empty to non-empty (the flusher may
-need starting) or when a full batch is waiting; never once per event.
+A producer wakes the route's dispatcher only when the queue goes from empty to non-empty (the
+dispatcher may need starting) or when a full batch is waiting; never once per event. The queue
+writes its own counters (``offered``, ``accepted``, ``drained``, ``full_drops``); others only
+read them, under ``lock``.
 
 ``put`` first reads the queue's fork guard (one byte that a forked child sees zeroed, see
 ``_concurrency.fork_guard``): in a process forked without Python's fork hooks (uWSGI's default)
@@ -14,12 +16,11 @@ the item goes to ``on_fork`` instead, before the inherited lock is touched.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from typing import Callable, Optional
 
-from ._concurrency import fork_guard
+from ._concurrency import fork_guard, lock
 from ._event import Item
 
 __all__ = ["EventQueue"]
@@ -63,7 +64,7 @@ class EventQueue:
         #: on_batch runs when a put finds this many items queued: a full batch, then one batch
         #: further each time (a backlog that only grows keeps calling it: the stall check).
         self.mark = batch_size - 1
-        self.lock = threading.Lock()
+        self.lock = lock()  # the route remakes it when gevent/eventlet patched since (_concurrency)
         self._items: deque[Item] = deque()
         self._bytes = 0
         self.offered = 0  # every put, accepted or not
@@ -150,6 +151,11 @@ class EventQueue:
         if m >= other.mark:
             other.mark = m + other._batch_mark + 1
             other.on_batch()
+
+    def count_offer_locked(self) -> None:
+        """Count an offer the queue does not hold (dropped at call time, or sent inline). The
+        caller holds ``lock``."""
+        self.offered += 1
 
     def drain_locked(self, max_events: int) -> list[Item]:
         """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""

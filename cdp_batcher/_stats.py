@@ -1,6 +1,6 @@
 """Counters' frozen snapshots, the delivery report, and failed-event records.
 
-The live counters belong to each destination's route (see ``_worker``), updated under the
+The live counters belong to each destination's route (see ``_ledger``), updated under the
 queue's own lock; this module only holds the immutable values handed to users.
 """
 

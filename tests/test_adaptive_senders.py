@@ -14,7 +14,8 @@ import pytest
 
 from cdp_batcher import CDPClient
 from cdp_batcher._retry import RetryPolicy
-from cdp_batcher.destinations.opencdp import TIMED_REQUESTS, OpenCdpDestination
+from cdp_batcher._senders import TIMED_REQUESTS
+from cdp_batcher.destinations.opencdp import OpenCdpDestination
 from cdp_batcher.testing import Collector
 
 from conftest import API_KEY, MakeClient
@@ -113,15 +114,15 @@ def test_hint_follows_the_timings() -> None:
     try:
         assert dest.concurrency_hint() == 10  # nothing timed: the network is unknown
         for wall in (2e-3, 120e-6) * 5:  # answered at once, some requests slowed by the GIL
-            dest._timed(wall, 100e-6)
+            dest.governor.record(wall, 100e-6)
         assert dest.concurrency_hint() == 1
         for _ in range(TIMED_REQUESTS - 1):
-            dest._timed(0.05, 100e-6)
+            dest.governor.record(0.05, 100e-6)
         assert dest.concurrency_hint() == 1  # one fast request among the last few: still fast
-        dest._timed(0.05, 100e-6)  # a 50 ms round trip: every sender
+        dest.governor.record(0.05, 100e-6)  # a 50 ms round trip: every sender
         assert dest.concurrency_hint() == 10
         for _ in range(TIMED_REQUESTS):
-            dest._timed(0.7e-3, 100e-6)  # 0.7 ms: five senders overlap the waits
+            dest.governor.record(0.7e-3, 100e-6)  # 0.7 ms: five senders overlap the waits
         assert dest.concurrency_hint() == 5
     finally:
         dest.close()

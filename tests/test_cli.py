@@ -24,7 +24,8 @@ from typing import Any, Optional
 import pytest
 
 from cdp_batcher import CDPClient, ConfigError
-from cdp_batcher._cli import FileFormatError, RowError, iter_json_array, iter_rows, main, row_call
+from cdp_batcher._cli import main
+from cdp_batcher._import import FileFormatError, RowError, iter_json_array, iter_rows, row_call
 from cdp_batcher._progress import Progress, format_duration
 from cdp_batcher.testing import Collector
 

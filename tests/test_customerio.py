@@ -141,7 +141,7 @@ class Errors:
             return [e for _, evs in self.calls for e in evs if destination in (None, e.destination)]
 
     def wait(self, n: int, destination: str, timeout: float = 5.0) -> bool:
-        """Wait until ``n`` records for ``destination`` arrived (on_error runs in the flusher)."""
+        """Wait until ``n`` records for ``destination`` arrived (on_error runs in the route's threads)."""
         with self._cond:
             return self._cond.wait_for(
                 lambda: sum(e.destination == destination for _, evs in self.calls for e in evs) >= n,

@@ -220,7 +220,7 @@ def test_all_hosts_down_longer_than_the_retry_budget(
 def test_on_error_that_raises_is_logged_and_delivery_goes_on(
     collector: Collector, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A raising on_error callback never stops the flusher: the error is logged (rate-limited)."""
+    """A raising on_error callback never stops the dispatcher: the error is logged (rate-limited)."""
     calls: list[int] = []
 
     def broken(error: BaseException, events: Sequence[Any]) -> None:

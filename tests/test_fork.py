@@ -424,7 +424,7 @@ def test_fork_without_hooks_behaves_like_os_fork(
 def test_fork_without_hooks_while_a_parent_thread_holds_the_queue_lock(
     collector: Collector, make_client: MakeClient
 ) -> None:
-    """The parent's flusher held the queue's lock at the moment of the fork: the child's track()
+    """The parent's dispatcher held the queue's lock at the moment of the fork: the child's track()
     reads the fork guard before that lock and never blocks on it."""
     probe = _concurrency.fork_guard()
     if not _concurrency.fork_guard_works(probe):

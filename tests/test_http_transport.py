@@ -161,7 +161,7 @@ def test_server_restart_between_requests(collector: Collector, own: HttpTranspor
 
 
 def test_close_then_use_again(collector: Collector, own: HttpTransport) -> None:
-    """close() drops the pools; a later request opens new ones (the flusher may still send)."""
+    """close() drops the pools; a later request opens new ones (a sender may still send)."""
     assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
     own.close()
     assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-import cdp_batcher._worker as worker_module
+import cdp_batcher._route as route_module
+import cdp_batcher._senders as senders_module
 from cdp_batcher import CDPClient, DeliveryReport
 from cdp_batcher.testing import Collector
 
@@ -197,6 +198,25 @@ def test_calls_after_shutdown_are_dropped_counted_and_warned_once(
     assert client.shutdown() is client.shutdown()  # idempotent: the first report
 
 
+def test_client_holds_no_reference_cycle_through_itself() -> None:
+    """A dropped client (single and dual-write) is freed by reference counting alone, at once:
+    nothing it owns points back at it, so the GC finalizer runs without waiting for a collection."""
+    code = """
+    import gc, sys, weakref
+    from cdp_batcher import CDPClient, CustomerIoConfig
+    gc.disable()
+    for cio in (None, CustomerIoConfig(site_id="s", api_key="k", url="http://127.0.0.1:9")):
+        client = CDPClient(cdp_api_key="k", cdp_endpoint="http://127.0.0.1:9", cdp_fallback_endpoints=[],
+                           send_to_customer_io=cio is not None, customer_io=cio)
+        ref = weakref.ref(client)
+        del client
+        print("freed" if ref() is None else "kept", flush=True)
+    """
+    proc, _ = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["freed", "freed"], proc.stdout + proc.stderr
+
+
 def test_abandoned_client_delivers_then_its_threads_end(collector: Collector) -> None:
     """A client dropped without shutdown() still delivers what it queued, then every one of its
     threads ends (the leak check fails otherwise)."""
@@ -242,7 +262,8 @@ def test_no_thread_possible_sends_inline(
 
     before = set(threading.enumerate())
     fake = types.SimpleNamespace(**{**vars(threading), "Thread": NoStart})
-    monkeypatch.setattr(worker_module, "threading", fake)
+    monkeypatch.setattr(route_module, "threading", fake)
+    monkeypatch.setattr(senders_module, "threading", fake)
     client = make_client(flush_interval=60.0)
     for i in range(30):
         client.track("u1", "inline", {"i": i})

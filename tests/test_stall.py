@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cdp_batcher import _worker
+from cdp_batcher import _route
 from cdp_batcher.testing import Collector, RecordingLogger
 
 from conftest import MakeClient
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(30)
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The route's clock: real time plus an offset the test sets."""
     offset = [0.0]
-    monkeypatch.setattr(_worker, "_monotonic", lambda: time.monotonic() + offset[0])
+    monkeypatch.setattr(_route, "_monotonic", lambda: time.monotonic() + offset[0])
     return offset
 
 

@@ -3,6 +3,7 @@ any request, and the at-most-once retry rules (CONTRACT.md, "Retry policy for tr
 
 from __future__ import annotations
 
+import decimal
 import functools
 import re
 import time
@@ -103,6 +104,37 @@ def test_email_wire_body_uses_wire_names_and_omits_none(make_client: MakeClient,
     assert result.status_code == 200 and result.host == primary.url and result.attempts == 1
     assert result["success"] is True and isinstance(result["delivery_id"], str)
     assert result.body == dict(result) and result.error is None and result.reason == "ok"
+
+
+def test_decimal_goes_out_as_a_number_from_sends_as_from_track(
+    make_client: MakeClient, primary: Collector
+) -> None:
+    """One encoder: a Decimal in message_data arrives as a JSON number, exactly as the same
+    Decimal in track() properties does (it used to arrive as the string "19.99")."""
+    client = make_client()
+    assert client.send_push(**push(message_data={"price": decimal.Decimal("19.99")}))
+    client.track("u1", "bought", {"price": decimal.Decimal("19.99")})
+    assert client.flush(timeout=10)
+    sent, tracked = primary.events()
+    assert b'"price":19.99' in primary.requests[0].body
+    assert sent["body"]["message_data"] == {"price": 19.99} == tracked["body"]["properties"]
+
+
+def test_key_paths_read_the_same_from_sends_and_from_track(
+    make_client: MakeClient, primary: Collector
+) -> None:
+    """One key-path format: send_push() names an unencodable value the way track() does
+    (``message_data['order']['items'][1]``, it used to be ``message_data.order.items[1]``)."""
+    client = make_client()
+    bad = {"order": {"items": [1, object()]}}
+    with pytest.raises(SerializationError) as sent:
+        client.send_push(**push(message_data=bad))
+    with pytest.raises(SerializationError) as tracked:
+        client.track("u1", "bought", bad)
+    assert str(sent.value).startswith("message_data['order']['items'][1] cannot be serialized to JSON: ")
+    assert str(tracked.value).startswith("properties['order']['items'][1] cannot be serialized to JSON: ")
+    assert str(sent.value).split(" ", 1)[1] == str(tracked.value).split(" ", 1)[1]
+    assert arrivals(primary) == 0
 
 
 def test_template_email_push_and_sms_wire_bodies(make_client: MakeClient, primary: Collector) -> None:
@@ -291,7 +323,7 @@ def test_unencodable_value_is_a_serialization_error_before_any_request(
 ) -> None:
     """A message_data value that cannot become JSON raises SerializationError (a ValidationError)."""
     client = make_client(fail_on_exception=False)
-    with pytest.raises(SerializationError, match=r"^message_data\.when cannot be encoded as JSON"):
+    with pytest.raises(SerializationError, match=r"^message_data\['when'\] cannot be serialized to JSON"):
         client.send_push(**push(message_data={"when": object()}))
     assert arrivals(primary) == 0
 

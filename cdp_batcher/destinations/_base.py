@@ -1,36 +1,19 @@
 """The destination interface: what the pipeline asks of OpenCDP, Customer.io and any later one.
 
 A destination turns a validated call into its own wire bytes (at call time, in the caller's
-thread) and later sends a unit of those items (in a flusher thread). ``send`` never raises: it
+thread) and later sends a unit of those items (in a route's dispatcher or sender thread). ``send`` never raises: it
 resolves every item it was given exactly once through the :class:`SendControl`.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, TypeVar
 
-from .._event import Item
+from .._event import DeviceInfo, Item
 
-__all__ = ["Destination", "DeviceInfo", "SendControl"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceInfo:
-    """A validated ``register_device`` call (attributes already encoded or None)."""
-
-    device_id: str
-    platform: str
-    fcm_token: Optional[str] = None
-    apn_token: Optional[str] = None
-    name: Optional[str] = None
-    os_version: Optional[str] = None
-    model: Optional[str] = None
-    app_version: Optional[str] = None
-    last_active_at: Optional[Any] = None
-    attributes: Optional[Any] = None
+__all__ = ["Destination", "DeviceInfo", "SendControl", "cut_units"]
 
 
 class SendControl(Protocol):
@@ -111,3 +94,29 @@ class Destination(abc.ABC):
     def close(self) -> None:
         """Release connections."""
         return None
+
+
+#: What cut_units cuts: items, or (item, entry) pairs; sized by the bytes in second place.
+_Cut = TypeVar("_Cut", bound=tuple[Any, ...])
+
+
+def cut_units(items: Sequence[_Cut], max_events: int, max_bytes: Optional[int]) -> list[list[_Cut]]:
+    """Cut items, in order, into units of at most ``max_events`` items whose ``len(body) + 1``
+    sum to at most ``max_bytes`` (None: no byte bound); an item larger alone is a unit alone.
+    The one place units are cut: the route cuts drained batches, a destination handed
+    arbitrary items (sync mode, tests) cuts them the same way, a no-op for the route's units.
+    ``body`` is each tuple's second element: an item's queued bytes, or the entry of an
+    ``(item, entry)`` pair (Customer.io cuts by the entries it built from records)."""
+    units: list[list[_Cut]] = []
+    current: list[_Cut] = []
+    size = 0
+    for item in items:
+        body = len(item[1]) + 1
+        if current and (len(current) >= max_events or (max_bytes is not None and size + body > max_bytes)):
+            units.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += body
+    if current:
+        units.append(current)
+    return units

@@ -54,8 +54,9 @@ from .._event import (
     new_ulid,
 )
 from .._retry import RetryPolicy
-from ._base import Destination, DeviceInfo, SendControl
-from ._http import Answer, HttpTransport, TransportError
+from ._base import Destination, DeviceInfo, SendControl, cut_units
+from ._gateway import Gateway
+from ._http import Answer, HttpTransport
 from ._transport import PERMANENT_REASONS, clean_text
 
 __all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_ENTRY_BYTES", "CustomerIoDestination"]
@@ -129,14 +130,14 @@ class CustomerIoDestination(Destination):
         self.max_unit_events = max_batch_size
         self.host = config.base_url
         self.url = self.host + BATCH_PATH
-        self._timeout = timeout
         self._policy = policy
         credentials = f"{config.site_id}:{config.api_key}".encode()
-        self._headers = {
+        headers = {
             "Authorization": "Basic " + base64.b64encode(credentials).decode("ascii"),
             "Content-Type": "application/json",
         }
         self._http = HttpTransport(session, pool_size=1)
+        self.gateway = Gateway(self._http, [self.host], headers, timeout)
         self._auth_warned = False
         self._spell = UlidSpeller()
 
@@ -247,7 +248,7 @@ class CustomerIoDestination(Destination):
                         "internal", f"customerio: unexpected {type(exc).__name__} while building an entry"
                     )
                     ctl.failed([item], "internal_error", DeliveryError(f"customerio: {type(exc).__name__}"))
-        todo = _cut(pairs, self.max_unit_events, _MAX_UNIT_BYTES)
+        todo = cut_units(pairs, self.max_unit_events, _MAX_UNIT_BYTES)
         todo.reverse()
         while todo:
             chunk = todo.pop()
@@ -312,26 +313,29 @@ class CustomerIoDestination(Destination):
 
     def _post(self, body: bytes, remaining: Optional[float]) -> tuple[Optional[Answer], DeliveryError, str]:
         """One attempt: the answer (with the error it would mean), or the error and reason."""
-        timeout = self._timeout
-        if remaining is not None:
-            if remaining <= 0:
+        for t in self.gateway.tries("POST", BATCH_PATH, body, remaining=remaining):
+            if t.expired:
                 return None, DeliveryError("deadline passed before the request could be sent"), "deadline"
-            timeout = min(timeout, remaining)
-        try:
-            answer = self._http.request("POST", self.url, body=body, headers=self._headers, timeout=timeout)
-        except TransportError as exc:
-            return None, DeliveryError(f"{BATCH_PATH} to {self.host}: {exc}", host=self.host), exc.reason
-        text = answer.error_text() if not answer.ok else ""
-        hint = ""
-        if 300 <= answer.status < 400:
-            hint = " (redirected: is the region right? EU accounts need region='eu')"
-        error = DeliveryError(
-            f"{BATCH_PATH} to {self.host}: HTTP {answer.status}" + (f": {text}" if text else "") + hint,
-            status_code=answer.status,
-            host=self.host,
-            server_message=text or None,
-        )
-        return answer, error, f"http_{answer.status}"
+            if t.error is not None:
+                return (
+                    None,
+                    DeliveryError(f"{BATCH_PATH} to {self.host}: {t.error}", host=self.host),
+                    t.error.reason,
+                )
+            answer = t.answer
+            assert answer is not None
+            text = answer.error_text() if not answer.ok else ""
+            hint = ""
+            if 300 <= answer.status < 400:
+                hint = " (redirected: is the region right? EU accounts need region='eu')"
+            error = DeliveryError(
+                f"{BATCH_PATH} to {self.host}: HTTP {answer.status}" + (f": {text}" if text else "") + hint,
+                status_code=answer.status,
+                host=self.host,
+                server_message=text or None,
+            )
+            return answer, error, f"http_{answer.status}"
+        raise AssertionError("a gateway of one host tries it")  # pragma: no cover
 
     def _partial(self, chunk: list[Item], answer: Answer, ctl: SendControl) -> None:
         """207: fail the entries Customer.io names, deliver the rest (they were accepted)."""
@@ -368,24 +372,6 @@ class CustomerIoDestination(Destination):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _cut(pairs: list[tuple[Item, bytes]], max_events: int, max_bytes: int) -> list[list[tuple[Item, bytes]]]:
-    """Cut (item, entry) pairs into batches by entry bytes, as the route cuts units by queued
-    bytes (a record's entry is longer than its queued body, so a unit may need a second cut)."""
-    batches: list[list[tuple[Item, bytes]]] = []
-    current: list[tuple[Item, bytes]] = []
-    size = 0
-    for item in pairs:
-        n = len(item[1]) + 1
-        if current and (len(current) >= max_events or size + n > max_bytes):
-            batches.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += n
-    if current:
-        batches.append(current)
-    return batches
-
-
 def _rejected_entries(content: bytes, count: int) -> dict[int, str]:
     """``batch_index -> reason text`` from a 207 body; unusable errors are skipped."""
     try:

@@ -6,7 +6,7 @@
     CDP_API_KEY=... python examples/frameworks/gunicorn_app.py --selftest   # real gunicorn, 3 workers, SIGTERM
 
 With ``--preload`` this module is imported once, in the arbiter, and the client is created
-there. That is safe: at ``fork()`` every worker gets an empty queue, a new lock, its own flusher
+there. That is safe: at ``fork()`` every worker gets an empty queue, a new lock, its own dispatcher
 thread and HTTP connections (``os.register_at_fork``), and the arbiter never sends anything.
 ``worker_exit`` in gunicorn_conf.py shuts each worker's client down, so what a worker queued is
 delivered when it stops (SIGTERM to the arbiter, a reload, ``max_requests``). Keep the shutdown

@@ -1,0 +1,5 @@
+"""``python -m cdp_batcher.testing``: run the local collector in the foreground."""
+
+from . import main
+
+raise SystemExit(main())
