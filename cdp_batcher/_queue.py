@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-from ._concurrency import fork_guard, lock
+from . import _concurrency
 from ._event import Item
 
 __all__ = ["EventQueue"]
@@ -64,7 +64,7 @@ class EventQueue:
         #: on_batch runs when a put finds this many items queued: a full batch, then one batch
         #: further each time (a backlog that only grows keeps calling it: the stall check).
         self.mark = batch_size - 1
-        self.lock = lock()  # the route remakes it when gevent/eventlet patched since (_concurrency)
+        self.lock = _concurrency.lock()  # remade by the route after a gevent/eventlet patch
         self._items: deque[Item] = deque()
         self._bytes = 0
         self.offered = 0  # every put, accepted or not
@@ -74,7 +74,7 @@ class EventQueue:
         self.first_at = 0.0  # monotonic time the queue last became non-empty
         self.on_first: Callable[[], None] = _nothing
         self.on_batch: Callable[[], None] = _nothing
-        self.guard = fork_guard()  # guard[0] == 0: this is a forked copy of the queue
+        self.guard = _concurrency.fork_guard()  # guard[0] == 0: this is a forked copy of the queue
         self.on_fork: Callable[[Item], bool] = _refuse  # takes the items put into a forked copy
         #: The queue that :meth:`put_pair` also appends to (it shares this queue's lock).
         self.partner: Optional[EventQueue] = None

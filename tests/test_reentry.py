@@ -16,6 +16,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import cdp_batcher
 from cdp_batcher import _lifecycle
 from cdp_batcher.testing import Collector
@@ -23,12 +25,29 @@ from cdp_batcher.testing import Collector
 from conftest import MakeClient
 
 PACKAGE = Path(cdp_batcher.__file__).parent
-#: Source that takes or makes a lock, a condition or a thread: such a module is pipeline code.
-LOCKING = re.compile(r"threading\.(Lock|RLock|Condition|Thread|Event)\b|\bwith [\w.]*(_lock|lock|_cond)\b")
+#: Source that takes or makes a lock, a condition or a thread (directly or through the
+#: patch-aware factories of ``_concurrency``): such a module is pipeline code.
+LOCKING = re.compile(
+    r"threading\.(Lock|RLock|Condition|Thread|Event)\b"
+    r"|_concurrency\.(lock|condition|event|simple_queue|local)\("
+    r"|\bwith [\w.]*(_lock|lock|_cond)\b"
+)
+#: Modules known to make or take pipeline locks: the scan above must see every one of them.
+KNOWN_LOCKING = {
+    "cdp_batcher._queue",
+    "cdp_batcher._ledger",
+    "cdp_batcher._route",
+    "cdp_batcher._senders",
+    "cdp_batcher._report",
+    "cdp_batcher.destinations._deadline",
+    "cdp_batcher.destinations._http",
+    "cdp_batcher.destinations._outage",
+}
 #: Modules outside the pipeline that still use threading, and why that is safe.
 OUTSIDE_BUT_LOCKING = {
     "cdp_batcher._client": "its shutdown lock is taken inside pipeline_frame; it starts the deferred-shutdown thread",
     "cdp_batcher._progress": "the CLI progress line's own lock; never held while calling the client",
+    "cdp_batcher._lifecycle": "makes the re-entry depth's thread-local (no lock); its hooks call the client's entry points",
 }
 
 
@@ -62,6 +81,39 @@ def test_every_module_that_locks_is_covered_by_the_stack_check() -> None:
             escaped.append(name)
     assert not escaped, f"pipeline modules the re-entrancy guard does not see: {escaped}"
     assert set(OUTSIDE_BUT_LOCKING) <= _lifecycle.OUTSIDE_PIPELINE
+
+
+def test_the_scan_sees_locks_made_through_concurrency() -> None:
+    """Locks, conditions and queues made by _concurrency's factories (gevent-aware) count as
+    locking: a module that holds one cannot slip past the scan above."""
+    found = set()
+    for name in _modules():
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        if LOCKING.search(Path(spec.origin).read_text(encoding="utf-8")):
+            found.add(name)
+    assert found >= KNOWN_LOCKING, KNOWN_LOCKING - found
+    for name in KNOWN_LOCKING:
+        assert _probe(name), name
+    assert _probe("cdp_batcher.metrics")  # calls stats() from a scrape: counted as pipeline
+    assert _probe("cdp_batcher.destinations._fast")
+
+
+def test_the_depth_follows_a_monkey_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The depth lives in a thread-local of the threading module in force: once gevent/eventlet
+    patch threading (seen as a new threading.Lock), it is remade, so that a greenlet does not
+    inherit the depth of a dispatcher greenlet sharing its OS thread."""
+    before = _lifecycle._local()
+    real_lock = threading.Lock
+    monkeypatch.setattr(threading, "Lock", lambda: real_lock())
+    after = _lifecycle._local()
+    assert after is not before
+    assert not _lifecycle.inside_pipeline()
+    with _lifecycle.pipeline_frame:
+        assert _lifecycle.inside_pipeline()
+    assert not _lifecycle.inside_pipeline()
+    monkeypatch.undo()
+    assert _lifecycle._local() is not after  # remade again for the real module
 
 
 def test_a_new_module_is_covered_without_being_listed() -> None:
