@@ -21,6 +21,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from . import _concurrency
+from ._concurrency import fork_guard  # a module name: tests replace it (no MADV_WIPEONFORK)
 from ._event import Item
 
 __all__ = ["EventQueue"]
@@ -74,7 +75,7 @@ class EventQueue:
         self.first_at = 0.0  # monotonic time the queue last became non-empty
         self.on_first: Callable[[], None] = _nothing
         self.on_batch: Callable[[], None] = _nothing
-        self.guard = _concurrency.fork_guard()  # guard[0] == 0: this is a forked copy of the queue
+        self.guard = fork_guard()  # guard[0] == 0: this is a forked copy of the queue
         self.on_fork: Callable[[Item], bool] = _refuse  # takes the items put into a forked copy
         #: The queue that :meth:`put_pair` also appends to (it shares this queue's lock).
         self.partner: Optional[EventQueue] = None
