@@ -52,6 +52,11 @@ _EARLY_ANSWER_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EPROTOTYP
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _clock = time.monotonic
+#: A socket timeout already within this many seconds of the time left is kept as it is: each
+#: ``settimeout`` is a system call (``ioctl(FIONBIO)``), and on a keep-alive connection the
+#: previous request's value is almost always within it. A request may so end up to this much
+#: after its deadline, or a recv time out up to this much before it.
+_TIMEOUT_SLACK = 0.005
 
 
 def capable(session: requests.Session, url: str) -> Optional[str]:
@@ -233,10 +238,7 @@ class FastTransport:
                 conn.timeout = max(0.001, deadline - _clock())
                 conn.connect()
                 sock = conn.sock
-            left = deadline - _clock()
-            if left <= 0:
-                raise DeadlinePassed()
-            sock.settimeout(left)
+            _bound(sock, deadline)
             if body is None:
                 data = head + b"\r\n"
             else:
@@ -284,24 +286,29 @@ class _Receiver:
         self.deadline = deadline
 
     def __call__(self, n: int) -> bytes:
-        left = self.deadline - _clock()
-        if left <= 0:
-            raise DeadlinePassed()
-        self.sock.settimeout(left)
-        data: bytes = self.sock.recv(n)
+        sock = self.sock
+        _bound(sock, self.deadline)
+        data: bytes = sock.recv(n)
         return data
 
     def __repr__(self) -> str:
         return "_Receiver()"
 
 
+def _bound(sock: Any, deadline: float) -> None:
+    """Let the next socket operation wait no longer than the time left (see _TIMEOUT_SLACK)."""
+    left = deadline - _clock()
+    if left <= 0:
+        raise DeadlinePassed()
+    current = sock.gettimeout()
+    if current is None or not left - _TIMEOUT_SLACK <= current <= left + _TIMEOUT_SLACK:
+        sock.settimeout(left)
+
+
 def _send_slices(sock: Any, data: bytes, deadline: float) -> None:
     view = memoryview(data)
     for start in range(0, len(data), _SLICE):
-        left = deadline - _clock()
-        if left <= 0:
-            raise DeadlinePassed()
-        sock.settimeout(left)
+        _bound(sock, deadline)
         sock.sendall(view[start : start + _SLICE])
 
 

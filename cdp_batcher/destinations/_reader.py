@@ -100,6 +100,14 @@ def read_answer(recv: Recv, head_only: bool) -> tuple[int, Optional[str], bytes,
 
 def _content_length(lower: bytes, count: int) -> int:
     """The one Content-Length value (all fields and list members equal, digits only)."""
+    if count == 1:  # the usual answer: one field, one value
+        pos = lower.find(b"\r\ncontent-length:") + 17
+        text = lower[pos : lower.find(b"\r\n", pos)].strip(b" \t")
+        if text.isdigit() and len(text) <= 15:
+            length = int(text)
+            if length > MAX_CONTENT:
+                raise BadAnswer("answer too large")
+            return length
     values: set[bytes] = set()
     pos = 0
     for _ in range(count):

@@ -12,6 +12,9 @@ connections (one INFO line says so). With ``lazy-apps`` each worker imports the 
 ``uwsgi.atexit`` runs in each worker as it stops (SIGINT/SIGQUIT to the master, SIGTERM with
 ``die-on-term``, a reload, ``max-requests``): it shuts the client down, so what the worker
 queued last is delivered. Keep the timeout below uWSGI's ``worker-reload-mercy`` (60 s).
+uWSGI skips ``uwsgi.atexit`` in a worker that is busy with a request when a *brutal* stop
+arrives: uwsgi.ini's ``hook-master-start = unix_signal:... gracefully_kill_them_all`` lines make
+SIGTERM and SIGINT graceful, so a busy worker finishes its request and then runs it.
 """
 
 from __future__ import annotations
