@@ -1,17 +1,24 @@
-"""The outage state object alone, on an injected clock: one probe per backoff step.
+"""An outage is a state of the route: one probe per backoff step, events keep their attempts.
 
-(Its hooks in the destinations' send loops, and the real 3 s / 20 s outage tests, are on branch
-transport-outage-wip: not merged, see the report.)
+The state object alone on an injected clock (the schedule), then real outages of the local
+collector with default settings: 5xx, 429 and refused connections on every host, for 3 s (and
+one 20 s run): no event fails, and the requests sent while it is down stay within two per
+backoff step per host (plus the requests already in flight when it went down).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from cdp_batcher import CDPClient, CustomerIoConfig
 from cdp_batcher._retry import RetryPolicy
 from cdp_batcher.destinations._outage import PROBE_POLL, Outage
+from cdp_batcher.testing import Collector
 
 KEY = "outage-key"
 
@@ -117,6 +124,122 @@ def test_twenty_second_schedule_on_a_busy_route() -> None:
         clock.now += 0.01
     assert admitted == outage.probes == outage.steps - 1
     assert 3 <= admitted <= 40, admitted
+
+
+# ------------------------------------------------------------------------ real outages
+class Counting:
+    """Counts the requests the destination's transport makes, per host, while ``down`` is set."""
+
+    def __init__(self, transport: Any, hosts: dict[str, str]) -> None:
+        self._real = transport.request
+        self._hosts = hosts
+        self._lock = threading.Lock()
+        self.down = threading.Event()
+        self.during: Counter[str] = Counter()
+        transport.request = self._request
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        if self.down.is_set():
+            with self._lock:
+                for name, base in self._hosts.items():
+                    if url.startswith(base):
+                        self.during[name] += 1
+        return self._real(method, url, **kwargs)
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Collector, Collector]]:
+    with Collector(api_key=KEY) as primary, Collector(api_key=KEY) as fallback:
+        yield primary, fallback
+
+
+def _outage_run(hosts: tuple[Collector, Collector], mode: str, seconds: float, events: int) -> None:
+    primary, fallback = hosts
+    client = CDPClient(cdp_api_key=KEY, cdp_endpoint=primary.url, cdp_fallback_endpoints=[fallback.url])
+    dest = client._opencdp
+    counting = Counting(dest.http, {"primary": primary.url, "fallback": fallback.url})
+    timers: list[threading.Timer] = []
+    try:
+        counting.down.set()
+        for c in (primary, fallback):
+            if mode == "refused":
+                c.go_down()
+                timer = threading.Timer(seconds, c.come_back)
+                timer.name = "cdp-collector-timer"
+                timers.append(timer)
+                timer.start()
+            else:
+                c.fail_for(seconds, 500 if mode == "5xx" else 429)
+        ended = threading.Timer(seconds, counting.down.clear)
+        ended.name = "cdp-collector-timer"
+        timers.append(ended)
+        ended.start()
+        for i in range(events):
+            client.track(f"user{i % 50}", "outage_test", {"seq": i})
+        report = client.flush(timeout=seconds + 30)
+        stats = client.stats().destinations["opencdp"]
+    finally:
+        client.shutdown(timeout=5)
+        for timer in timers:
+            timer.cancel()
+            timer.join(5)
+    assert report.deadline_met and stats.failed_total == 0, (report, stats.as_dict())
+    assert stats.delivered == events
+    assert primary.count() + fallback.count() >= events
+    in_flight_at_start = dest.concurrency
+    bound = 2 * dest.outage.steps + in_flight_at_start
+    for name in ("primary", "fallback"):
+        assert counting.during[name] <= bound, (name, counting.during, dest.outage)
+    print(mode, dict(counting.during), dest.outage, bound)
+    assert counting.during["primary"] > 0  # the outage was seen
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["5xx", "429", "refused"])
+def test_three_second_outage_fails_nothing(hosts: tuple[Collector, Collector], mode: str) -> None:
+    """Every host down for 3 s (500, 429 or refused) with default settings: 0 failed, and few
+    requests while it lasts."""
+    _outage_run(hosts, mode, 3.0, 2000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_twenty_second_outage_fails_nothing(hosts: tuple[Collector, Collector]) -> None:
+    """Every host answering 500 for 20 s (more than max_retries backoff steps) with default
+    settings: 0 failed."""
+    _outage_run(hosts, "5xx", 20.0, 2000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_customerio_outage_is_its_own() -> None:
+    """Customer.io refusing for 3 s backs off Customer.io's route only: OpenCDP stays up and
+    every event reaches both."""
+    with Collector(api_key=KEY) as hub:
+        client = CDPClient(
+            cdp_api_key=KEY,
+            cdp_endpoint=hub.url,
+            cdp_fallback_endpoints=[],
+            send_to_customer_io=True,
+            customer_io=CustomerIoConfig(site_id="site", api_key="cio-key", url=hub.url),
+        )
+        try:
+            hub.fail_for(3.0, 503, path="/api/v2/batch")
+            for i in range(500):
+                client.track(f"user{i % 20}", "outage_test", {"seq": i})
+            report = client.flush(timeout=40)
+            stats = client.stats().destinations
+            cio = next(r.dest for r in client._routes if r.dest.name == "customerio")
+            opencdp_outage, cio_outage = client._opencdp.outage, cio.outage
+        finally:
+            client.shutdown(timeout=5)
+        assert report.deadline_met, report
+        assert stats["opencdp"].failed_total == 0 and stats["customerio"].failed_total == 0
+        assert stats["opencdp"].delivered == 500 and stats["customerio"].delivered == 500
+        assert opencdp_outage.steps == 0 and cio_outage.steps >= 1
+        cio_requests = [r for r in hub.requests if r.path == "/api/v2/batch" and r.status == 503]
+        assert len(cio_requests) <= 2 * cio_outage.steps + 1
 
 
 def test_an_answer_sent_before_the_outage_does_not_end_it() -> None:

@@ -16,11 +16,11 @@ until the next probe). It never sleeps and takes an injectable clock, so it is t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Callable, Optional
 
+from .. import _concurrency
 from .._retry import RetryPolicy
 
 __all__ = ["PROBE_POLL", "Outage"]
@@ -43,7 +43,7 @@ class Outage:
         self._policy = policy
         self._lease = lease  # a probe not reported after this long no longer holds others back
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = _concurrency.lock()
         self._down = False
         self._delays: Optional[Iterator[float]] = None
         self._next = 0.0  # when the next probe may go
@@ -52,6 +52,13 @@ class Outage:
         #: Backoff steps of the current (or last) outage, and probes let through in all.
         self.steps = 0
         self.probes = 0
+
+    def after_fork(self) -> None:
+        """A forked child starts up, with a lock of its own (the parent's may be held)."""
+        self._lock = _concurrency.lock()
+        self._down = False
+        self._delays = None
+        self._probe_since = None
 
     def __repr__(self) -> str:
         return f"Outage(down={self._down}, steps={self.steps}, probes={self.probes})"

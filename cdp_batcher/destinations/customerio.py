@@ -57,6 +57,7 @@ from .._retry import RetryPolicy
 from ._base import Destination, DeviceInfo, SendControl, cut_units
 from ._gateway import Gateway
 from ._http import Answer, HttpTransport
+from ._outage import Outage
 from ._transport import PERMANENT_REASONS, clean_text
 
 __all__ = ["BATCH_PATH", "MAX_BODY_BYTES", "MAX_ENTRY_BYTES", "CustomerIoDestination"]
@@ -138,6 +139,9 @@ class CustomerIoDestination(Destination):
         }
         self._http = HttpTransport(session, pool_size=1)
         self.gateway = Gateway(self._http, [self.host], headers, timeout)
+        #: The destination's outage state: while it is down, one probe per backoff step.
+        self.outage = Outage(policy, lease=timeout + 1.0)
+        self._outage_cause: tuple[str, BaseException] = ("connection_error", DeliveryError("customerio down"))
         self._auth_warned = False
         self._spell = UlidSpeller()
 
@@ -275,9 +279,22 @@ class CustomerIoDestination(Destination):
         policy = self._policy
         delays = policy.delays()
         attempts = 0
+        posted = False
+        outage = self.outage
         while True:
+            wait = outage.admit()
+            if wait > 0 and (posted or time.monotonic() - started + wait <= policy.max_time):
+                # Customer.io is known to be down: wait for its next probe, no attempt spent (a
+                # batch never sent whose budget ends before that probe is sent once, now).
+                if (time.monotonic() - started) + wait > policy.max_time or not ctl.sleep(wait):
+                    ctl.failed(chunk, *self._outage_cause)
+                    return None
+                continue
+            posted = True
+            sent_at = outage.now()
             answer, error, reason = self._post(body, ctl.remaining())
-            attempts += 1
+            if answer is not None and (answer.ok or not policy.is_retryable_status(answer.status)):
+                outage.succeeded(sent_at)  # it answered: up (the request may still be at fault)
             if answer is not None:
                 if answer.ok:
                     if answer.status == 207:
@@ -305,7 +322,11 @@ class CustomerIoDestination(Destination):
             ):
                 ctl.failed(chunk, reason, error)
                 return None
-            delay = policy.next_delay(delays, answer.retry_after if answer is not None else None)
+            retry_after = answer.retry_after if answer is not None else None
+            self._outage_cause = (reason, error)
+            if not outage.failed(retry_after):  # not part of a known outage: an attempt spent
+                attempts += 1
+            delay = outage.wait_time() if outage.down else policy.next_delay(delays, retry_after)
             if not policy.may_retry(attempts, started, time.monotonic(), delay) or not ctl.sleep(delay):
                 ctl.failed(chunk, reason, error)
                 return None
@@ -363,8 +384,9 @@ class CustomerIoDestination(Destination):
         ctl.delivered(accepted)
 
     def after_fork(self) -> None:
-        """Drop the parent's connections in a forked child."""
+        """Drop the parent's connections (and its view of an outage) in a forked child."""
         self._http.after_fork()
+        self.outage.after_fork()
 
     def close(self) -> None:
         """Close the library's own Session (a user's Session is left open)."""

@@ -28,6 +28,7 @@ from .._senders import ConcurrencyGovernor
 from ._base import Destination, DeviceInfo, SendControl
 from ._gateway import Gateway, HostRing, PingResult, SendOutcome, server_message
 from ._http import Answer, HttpTransport
+from ._outage import PROBE_POLL, Outage
 from ._transport import PERMANENT_REASONS
 
 __all__ = ["HostRing", "OpenCdpDestination", "PingResult", "SendOutcome", "server_message"]
@@ -36,15 +37,17 @@ PATHS = ("/v1/persons/identify", "/v1/persons/track", "/v1/persons/registerDevic
 
 
 class _Retrying:
-    """Retry state of one event: its backoff delays, attempts so far and when it is due."""
+    """Retry state of one event: its backoff delays, attempts so far, when it is due, and
+    whether it was sent at all (an event held back by an outage may never have been)."""
 
-    __slots__ = ("attempts", "delays", "due", "error", "item", "reason", "started")
+    __slots__ = ("attempts", "delays", "due", "error", "item", "reason", "sent", "started")
 
     def __init__(self, item: Item, delays: Iterator[float], started: float) -> None:
         self.item = item
         self.delays = delays
         self.started = started
         self.attempts = 0
+        self.sent = False
         self.due = started
         self.reason = ""
         self.error: BaseException = DeliveryError("not attempted")
@@ -74,6 +77,9 @@ class OpenCdpDestination(Destination):
         headers = {"Authorization": api_key, "Content-Type": "application/json"}
         self.gateway = Gateway(self._http, endpoints, headers, timeout)
         self.ring = self.gateway.ring
+        #: The destination's outage state: while it is down, one probe per backoff step.
+        self.outage = Outage(policy, lease=timeout + 1.0)
+        self._outage_cause: tuple[str, BaseException] = ("connection_error", DeliveryError("gateway down"))
 
     def __repr__(self) -> str:
         return f"OpenCdpDestination(hosts={self.ring.hosts!r})"
@@ -101,10 +107,10 @@ class OpenCdpDestination(Destination):
         retrying = [state for state in (self._attempt(item, None, ctl) for item in items) if state]
         while retrying:
             due = min(state.due for state in retrying)
-            wait = due - time.monotonic()
+            wait = max(due - time.monotonic(), self.outage.wait_time())
             if wait > 0 and not ctl.sleep(wait):  # the deadline comes first: no retry can happen
                 for state in retrying:
-                    ctl.failed((state.item,), state.reason, state.error)
+                    ctl.failed((state.item,), *self._cause(state))
                 return
             now = time.monotonic()
             later: list[_Retrying] = []
@@ -112,7 +118,6 @@ class OpenCdpDestination(Destination):
                 if state.due > now:
                     later.append(state)
                     continue
-                ctl.retried(1)
                 again = self._attempt(state.item, state, ctl)
                 if again is not None:
                     later.append(again)
@@ -123,30 +128,68 @@ class OpenCdpDestination(Destination):
         return self.governor.hint()
 
     def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
-        """One attempt across the hosts: resolves the event, or returns when to try it again."""
+        """One attempt across the hosts: resolves the event, or returns when to try it again.
+
+        While the gateway is known to be down (:class:`Outage`) the event waits for the next
+        probe without spending an attempt; an event never sent whose budget ends before that
+        probe is sent once, now.
+        """
         policy = self._policy
         if state is None:
             state = _Retrying(item, policy.delays(), time.monotonic())
+        outage = self.outage
+        wait = outage.admit()
+        if wait > 0 and (state.sent or time.monotonic() - state.started + wait <= policy.max_time):
+            return self._wait_out(state, wait, ctl)
+        if state.sent:
+            ctl.retried(1)
+        state.sent = True
+        sent_at = outage.now()
         started, cpu = time.perf_counter(), time.thread_time()
         answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
         self.governor.record(time.perf_counter() - started, time.thread_time() - cpu)
         if answer is not None and answer.ok:
+            outage.succeeded(sent_at)
             ctl.delivered((item,))
             return None
         assert error is not None
-        state.attempts += 1
+        state.reason, state.error = reason, error
         if reason in PERMANENT_REASONS or (
             answer is not None and not policy.is_retryable_status(answer.status)
         ):
+            if answer is not None:
+                outage.succeeded(sent_at)  # a host answered: it is the request, not the gateway
             ctl.failed((item,), reason, error)
             return None
-        delay = policy.next_delay(state.delays, answer.retry_after if answer is not None else None)
+        if reason == "deadline":
+            ctl.failed((item,), reason, error)
+            return None
+        retry_after = answer.retry_after if answer is not None else None
+        self._outage_cause = (reason, error)
+        if outage.failed(retry_after):  # part of a known outage: the event keeps its attempts
+            return self._wait_out(state, max(outage.wait_time(), PROBE_POLL), ctl)
+        state.attempts += 1
+        delay = policy.next_delay(state.delays, retry_after)
         now = time.monotonic()
         if not policy.may_retry(state.attempts, state.started, now, delay):
             ctl.failed((item,), reason, error)
             return None
-        state.due, state.reason, state.error = now + delay, reason, error
+        state.due = now + delay
         return state
+
+    def _wait_out(self, state: _Retrying, wait: float, ctl: SendControl) -> Optional[_Retrying]:
+        """Schedule an event for the gateway's next probe, or fail it when that would end past
+        its ``retry_max_time``."""
+        now = time.monotonic()
+        if (now - state.started) + wait > self._policy.max_time:
+            ctl.failed((state.item,), *self._cause(state))
+            return None
+        state.due = now + wait
+        return state
+
+    def _cause(self, state: _Retrying) -> tuple[str, BaseException]:
+        """Why an event fails: its own last error, or the outage's for an event never sent."""
+        return (state.reason, state.error) if state.sent else self._outage_cause
 
     def post_with_failover(
         self, path: str, body: Optional[bytes], remaining: Optional[float]
@@ -180,6 +223,7 @@ class OpenCdpDestination(Destination):
     def after_fork(self) -> None:
         self._http.after_fork()
         self.governor.after_fork()
+        self.outage.after_fork()
 
     def close(self) -> None:
         self._http.close()
