@@ -8,6 +8,11 @@ measures its ceiling, runs the children one after the other and prints one table
     python bench/bench.py            # the full run (a few minutes)
     python bench/bench.py --quick    # smaller counts, for a smoke test
     python bench/bench.py --json out.json
+    python bench/bench.py --spool-only [--quick | --drain-events N]   # the durable spool's rows alone
+
+The spool rows (issue 14) run cdp_batcher with and without ``spool_dir`` in the same run: track()
+cost, delivery on both routes, draining a backlog (peak RSS), bytes on disk per event. Their
+spool directories live under ``.bench/spool`` in the repository and are removed afterwards.
 
 A child is ``python bench/bench.py child '<json spec>'``; it prints one JSON line of results.
 """
@@ -51,6 +56,8 @@ LATENCY = 0.050
 #: Runs are repeated (interleaved) and the best kept: the machine may be shared.
 REPEATS = 3
 CALLER_REPEATS = 3
+#: Where the spool rows' directories are made (inside the repository, removed after each run).
+SPOOL_ROOT = ROOT / ".bench" / "spool"
 
 Track = Callable[[str, str, dict[str, Any]], object]
 
@@ -93,7 +100,9 @@ class Lib:
     concurrency = 1
     per_request = 1
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         self.url = url
 
     track: Track
@@ -105,11 +114,20 @@ class Lib:
         raise NotImplementedError
 
 
+def _spool_settings(spool: Optional[str]) -> dict[str, Any]:
+    """cdp_batcher's spool arguments for a child (none: the memory queue)."""
+    if spool is None:
+        return {}
+    return {"spool_dir": spool, "max_spool_bytes": 4 * 1024**3}
+
+
 class CdpLib(Lib):
     name = "cdp_batcher"
     concurrency = 10
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         from cdp_batcher import CDPClient
 
         self.client = CDPClient(
@@ -120,6 +138,7 @@ class CdpLib(Lib):
             max_queue_bytes=512 * 1024 * 1024,
             max_concurrent_requests=self.concurrency,
             send=send,
+            **_spool_settings(spool),
         )
         self.track = self.client.track
 
@@ -157,7 +176,9 @@ class CdpCioLib(CdpLib):
 
     name = "cdp_batcher (Customer.io)"
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         import cdp_batcher._client as client_module
         from cdp_batcher import CDPClient, CustomerIoConfig
         from cdp_batcher.destinations._base import Destination
@@ -190,6 +211,7 @@ class CdpCioLib(CdpLib):
             send=send,
             send_to_customer_io=True,
             customer_io=CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
+            **_spool_settings(spool),
         )
         self.track = self.client.track
 
@@ -201,7 +223,9 @@ class SegmentLib(Lib):
     name = "segment"
     per_request = 100
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         from segment.analytics import Client
 
         self.client = Client(write_key=API_KEY, host=url, max_queue_size=queue_size, send=send)
@@ -220,7 +244,9 @@ class PosthogLib(Lib):
     name = "posthog"
     per_request = 100
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         from posthog import Posthog
 
         self.client = Posthog(API_KEY, host=url, max_queue_size=queue_size, send=send)
@@ -251,7 +277,7 @@ LIBS: dict[str, type[Lib]] = {
 
 def child_caller(spec: dict[str, Any]) -> dict[str, Any]:
     """ns per track() call: median and p99 over chunks of 1,000 calls, the dispatcher delivering."""
-    lib = LIBS[spec["lib"]](spec["url"], send=spec.get("send", True))
+    lib = LIBS[spec["lib"]](spec["url"], send=spec.get("send", True), spool=spec.get("spool"))
     track = lib.track
     users = USERS
     for i in range(CHUNK):  # warm-up (not timed)
@@ -282,7 +308,7 @@ def child_caller(spec: dict[str, Any]) -> dict[str, Any]:
 def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     """events/s from the first track() until the sink has every event; CPU per event."""
     url, n = spec["url"], spec["n"]
-    lib = LIBS[spec["lib"]](url)
+    lib = LIBS[spec["lib"]](url, spool=spec.get("spool"))
     base = _sink_events(url)
     track = lib.track
     users = USERS
@@ -456,6 +482,74 @@ def child_load(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _spool_disk(path: str, dest: str) -> tuple[int, int]:
+    """(bytes ``dest``'s segment files take on disk, their logical size) under a spool directory."""
+    taken = size = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            if name.startswith(dest + "-") and name.endswith(".seg"):
+                st = os.stat(os.path.join(root, name))
+                taken += min(st.st_size, st.st_blocks * 512)
+                size += st.st_size
+    return taken, size
+
+
+def child_spool_fill(spec: dict[str, Any]) -> dict[str, Any]:
+    """``n`` calls into a spool while the gateway is unreachable; then shutdown (they stay on disk).
+    Bytes on disk per event against the encoded event (the bodies the route would send)."""
+    n, spool = spec["n"], spec["spool"]
+    lib = LIBS[spec["lib"]](spec["url"], queue_size=n + 10_000, spool=spool)
+    client: Any = lib.client  # type: ignore[attr-defined]
+    route = next(r for r in client._routes if r.name == spec["dest"])
+    track = lib.track
+    t0 = time.perf_counter()
+    for i in range(n):
+        track(USERS[i % 1000], EVENT, {"plan": "pro", "amount": i})
+    seconds = time.perf_counter() - t0
+    stream = route.queue.stream
+    with stream.lock:
+        framed = sum(seg.size - 32 for seg in stream._own)  # 32: the file header
+        records = stream.spooled
+    report = client.shutdown(timeout=1.0)
+    taken, size = _spool_disk(spool, spec["dest"])
+    per = max(records, 1)
+    return {
+        "events": records,
+        "expected": n,
+        "us_per_call": seconds / n * 1e6,
+        "spooled": report.spooled,
+        "disk_bytes_per_event": taken / per,
+        "file_bytes_per_event": size / per,
+        "encoded_bytes_per_event": (framed - 10 * records) / per,  # 10: a record's frame
+    }
+
+
+def child_spool_drain(spec: dict[str, Any]) -> dict[str, Any]:
+    """A new client on a spool holding a backlog delivers it: events/s, RSS before and at peak."""
+    url, n, spool = spec["url"], spec["n"], spec["spool"]
+    base = _sink_events(url)
+    gc.collect()
+    rss0 = _rss_bytes()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    lib = LIBS[spec["lib"]](url, spool=spool)
+    got = _wait_events(url, base + n, timeout=600) - base
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    client: Any = lib.client  # type: ignore[attr-defined]
+    stats = client.stats()
+    return {
+        "events_s": got / elapsed,
+        "cpu_us": cpu / max(got, 1) * 1e6,
+        "events": got,
+        "expected": n,
+        "rss_start_mb": rss0 / 2**20,
+        "rss_peak_mb": peak / 2**20,
+        "recovered": stats.recovered,
+    }
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "caller": child_caller,
     "throughput": child_throughput,
@@ -463,6 +557,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "memory": child_memory,
     "latency": child_latency,
     "load": child_load,
+    "spool_fill": child_spool_fill,
+    "spool_drain": child_spool_drain,
 }
 
 
@@ -539,8 +635,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
     with Sink(procs=args.sink_procs) as sink:
         runner = Runner(sink, args.quick, args.verbose)
+        if args.spool_only:
+            measure_spool(runner, args, results)
+            results["load"]["end"] = _load()
+            return results
         if not args.host_app_only:
             measure_library(args, sink, runner, say, results)
+            measure_spool(runner, args, results)
         if not args.no_host_app:
             results.update(measure_host(args, sink, runner, say))
     results["load"]["end"] = _load()
@@ -781,6 +882,118 @@ def measure_host(
         return results
     finally:
         host.close()
+
+
+def measure_spool(runner: Runner, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The durable spool's rows: the same figures with and without spool_dir, in this run."""
+    import shutil
+    import tempfile
+
+    say = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
+    SPOOL_ROOT.mkdir(parents=True, exist_ok=True)
+
+    def in_spool(test: str, lib: str, n: int, *, spool: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+        if spool is not None:
+            return runner.run(test, lib, n, spool=spool, **extra)
+        d = tempfile.mkdtemp(dir=SPOOL_ROOT)
+        try:
+            return runner.run(test, lib, n, spool=d, **extra)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    say(f"spool: track() cost, off vs on (best of {CALLER_REPEATS}, alternating)")
+    for _ in range(CALLER_REPEATS):
+        for key, on in (("spool/caller_off", False), ("spool/caller_on", True)):
+            n = runner.n(100_000)
+            got = in_spool("caller", "cdp", n) if on else runner.run("caller", "cdp", n)
+            best = results.setdefault(key, got)
+            for field in ("median_ns", "p99_ns", "max_ns", "harness_ns"):
+                if field in got and field in best:
+                    best[field] = min(best[field], got[field])
+
+    say(f"spool: delivery, off vs on (best of {REPEATS}, alternating)")
+    per_event, batched = runner.n(20_000), runner.n(200_000)
+    plan = [
+        ("spool/throughput_off", "cdp", per_event, False),
+        ("spool/throughput_on", "cdp", per_event, True),
+        ("spool/batch_off", "cdp_cio", batched, False),
+        ("spool/batch_on", "cdp_cio", batched, True),
+    ]
+    for _ in range(REPEATS):
+        for key, lib, n, on in plan:
+            got = in_spool("throughput", lib, n) if on else runner.run("throughput", lib, n)
+            if got.get("events_s", 0) >= results.get(key, {}).get("events_s", 0):
+                results[key] = got
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    say("spool: bytes on disk per event (per-event route)")
+    results["spool/disk_opencdp"] = in_spool("spool_fill", "cdp", runner.n(50_000), url=dead, dest="opencdp")
+    backlog = args.drain_events or (50_000 if args.quick else 1_000_000)
+    say(f"spool: a {backlog:,}-event backlog written with the gateway down, then drained")
+    d = tempfile.mkdtemp(dir=SPOOL_ROOT)
+    try:
+        results["spool/fill"] = runner.run(
+            "spool_fill", "cdp_cio", backlog, url=dead, spool=d, dest="customerio"
+        )
+        results["spool/drain"] = runner.run("spool_drain", "cdp_cio", backlog, spool=d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def spool_table(results: dict[str, Any]) -> list[str]:
+    """The spool rows: off, on, on/off, the target."""
+    lines = []
+    head = f"{'spool figure':<40}{'off':>12}{'on':>12}{'on/off':>9}  {'target':<22}{'met':<4}"
+    lines += [head, "-" * len(head)]
+
+    def row(
+        label: str, off: Optional[float], on: Optional[float], target: str = "", ok: Optional[bool] = None
+    ) -> None:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        lines.append(
+            f"{label:<40}{_fmt(off):>12}{_fmt(on):>12}{_ratio(on, off):>9}  {target:<22}{mark:<4}".rstrip()
+        )
+
+    us = 1e-3
+    off, on = (
+        _val(results, "spool/caller_off", "median_ns", us),
+        _val(results, "spool/caller_on", "median_ns", us),
+    )
+    row("track() µs/call, median", off, on, "on ≤ 2x off", None if not (off and on) else on <= 2 * off)
+    row(
+        "track() µs/call, p99 chunk",
+        _val(results, "spool/caller_off", "p99_ns", us),
+        _val(results, "spool/caller_on", "p99_ns", us),
+    )
+    for label, key in (("per-event route events/s", "throughput"), ("batch route events/s", "batch")):
+        off, on = _val(results, f"spool/{key}_off", "events_s"), _val(results, f"spool/{key}_on", "events_s")
+        row(label, off, on, "on ≥ 0.80 off", None if not (off and on) else on >= 0.8 * off)
+        row(
+            "  CPU µs/event",
+            _val(results, f"spool/{key}_off", "cpu_us"),
+            _val(results, f"spool/{key}_on", "cpu_us"),
+        )
+    drain = results.get("spool/drain") or {}
+    fill = results.get("spool/fill") or {}
+    off = _val(results, "spool/batch_off", "events_s")
+    on = _val(results, "spool/drain", "events_s")
+    n = fill.get("expected")
+    label = f"drain {n:,} backlog events/s" if isinstance(n, int) else "drain backlog events/s"
+    row(label, off, on, "≈ batch route rate")
+    rss0, peak = drain.get("rss_start_mb"), drain.get("rss_peak_mb")
+    row("  drain RSS MB: start → peak", rss0, peak, "flat")
+    row("  fill: µs per call, gateway down", None, _val(results, "spool/fill", "us_per_call"))
+    for dest, key in (("OpenCDP", "spool/disk_opencdp"), ("Customer.io", "spool/fill")):
+        enc = _val(results, key, "encoded_bytes_per_event")
+        disk = _val(results, key, "disk_bytes_per_event")
+        row(
+            f"bytes/event {dest}: encoded → on disk",
+            enc,
+            disk,
+            "on ≤ 1.3x encoded",
+            None if not (enc and disk) else disk <= 1.3 * enc,
+        )
+    return lines
 
 
 def _load() -> str:
@@ -1064,6 +1277,7 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
         f"(pipelined single-event POSTs; the package's Collector: {_fmt(ceiling.get('collector'))} req/s); "
         f"{_fmt(results.get('sink_cpu_us_per_request'))} µs sink CPU per request during the runs",
         "",
+        *([] if "spool/caller_on" not in results else [*spool_table(results), ""]),
     ]
     if "caller/cdp" in results:
         lines += [*table(results), "", *dual_table(results), ""]
@@ -1102,6 +1316,14 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
         notes.append(
             "memory: 100,000 calls while the sink port is closed; events still queued: " + ", ".join(mem)
         )
+    if "spool/drain" in results:
+        notes.append(
+            "spool: the same children with spool_dir (a fresh directory under .bench/spool), max_spool_bytes "
+            "4 GiB, no fsync; drain: a client on a directory holding the backlog (written with the gateway "
+            "down by the fill child) delivers it on the Customer.io batch route, compared with that route's "
+            "spool-off rate; RSS of the drain child at start and its peak (ru_maxrss); bytes on disk = "
+            "blocks taken by the segment files / records, encoded = the body the route sends."
+        )
     lat = results.get("latency/cdp", {})
     if "rtt_ms" in lat:
         parts = []
@@ -1134,6 +1356,13 @@ def main() -> None:
         "--host-app-only", action="store_true", help="only the host-app rows (gunicorn + wrk)"
     )
     parser.add_argument("--no-host-app", action="store_true", help="skip the host-app rows")
+    parser.add_argument("--spool-only", action="store_true", help="only the durable spool's rows")
+    parser.add_argument(
+        "--drain-events",
+        type=int,
+        default=0,
+        help="the spool backlog drained (default 1,000,000; 50,000 with --quick)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     results = measure(args)

@@ -33,6 +33,7 @@ from ._config import MAX_CONCURRENT_REQUESTS_CAP, ClientConfig
 from ._errors import ConfigError, DeliveryError, ValidationError
 from ._import import CHUNK, CountingReader, FileFormatError, RowError, format_of, iter_rows, row_call
 from ._progress import Progress, format_duration
+from ._spool import inspect_spool
 from ._stats import DestinationStats
 from ._version import __version__
 
@@ -49,6 +50,7 @@ ENV_FLAGS = {
     "cio_api_key": "CUSTOMERIO_API_KEY",
     "cio_region": "CUSTOMERIO_REGION",
     "cio_url": "CUSTOMERIO_URL",
+    "spool_dir": "CDP_SPOOL_DIR",
 }
 
 #: When a queue reaches the high fraction of its bounds, the importer waits until it is down to the low one.
@@ -69,6 +71,10 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _make_client(args: argparse.Namespace, **overrides: Any) -> CDPClient:
+    for name in ("max_spool_bytes", "spool_fsync"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides.setdefault(name, value)
     return CDPClient.from_env(environ=_environment(args), **overrides)
 
 
@@ -87,6 +93,28 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cio-api-key", metavar="KEY", help="Customer.io API key (CUSTOMERIO_API_KEY)")
     group.add_argument("--cio-region", choices=("us", "eu"), help="Customer.io region (CUSTOMERIO_REGION)")
     group.add_argument("--cio-url", metavar="URL", help="Customer.io Track API host (CUSTOMERIO_URL)")
+    _add_spool_flags(group, with_dir=True)
+
+
+def _add_spool_flags(group: Any, *, with_dir: bool) -> None:
+    if with_dir:
+        group.add_argument(
+            "--spool-dir",
+            metavar="DIR",
+            help="durable spool directory: events survive a crash (CDP_SPOOL_DIR)",
+        )
+    group.add_argument(
+        "--max-spool-bytes",
+        type=int,
+        metavar="N",
+        help=f"disk the spool may take, all processes together (default {ClientConfig.max_spool_bytes})",
+    )
+    group.add_argument(
+        "--spool-fsync",
+        type=float,
+        metavar="S",
+        help="fsync the spool at most S seconds apart (default: never)",
+    )
 
 
 # ----------------------------------------------------------------------------- output
@@ -400,6 +428,93 @@ def _run_collector(args: argparse.Namespace, console: _Console) -> int:
     )
 
 
+# ----------------------------------------------------------------------------- spool
+def _run_spool_inspect(args: argparse.Namespace, console: _Console) -> int:
+    try:
+        info = inspect_spool(args.dir)
+    except OSError as exc:
+        console.message(f"spool inspect: cannot read {args.dir}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    console.result(f"spool {info.path}: {info.records:,} record(s) not yet delivered")
+    for dest, d in sorted(info.destinations.items()):
+        age = d.oldest_age()
+        oldest = "-" if age is None else format_duration(age)
+        extra = ""
+        if d.corrupt_bytes:
+            extra += f", {d.corrupt_bytes:,} unreadable bytes"
+        if d.newer_files:
+            extra += f", {d.newer_files} file(s) of a newer format (left alone)"
+        console.result(
+            f"  {dest}: {d.records:,} record(s), {d.bytes:,} bytes in {d.files} file(s), oldest {oldest}{extra}"
+        )
+    for owner in info.owners:
+        state = "alive" if owner.alive else "dead (adoptable)"
+        held = sum(d.records for d in owner.destinations.values())
+        console.result(f"  owner {owner.name} (pid {owner.pid}): {state}, {held:,} record(s)")
+    return EXIT_OK
+
+
+def _dead_records(path: str) -> int:
+    try:
+        info = inspect_spool(path)
+    except OSError:
+        return 0
+    return sum(d.records for o in info.owners if not o.alive for d in o.destinations.values())
+
+
+def _run_spool_drain(args: argparse.Namespace, console: _Console) -> int:
+    try:
+        before = inspect_spool(args.dir)
+    except OSError as exc:
+        console.message(f"spool drain: cannot read {args.dir}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    try:
+        client = _make_client(args, spool_dir=args.dir)
+    except ConfigError as exc:
+        console.message(f"spool drain: configuration: {exc}")
+        return EXIT_USAGE
+    total = sum(d.records for o in before.owners if not o.alive for d in o.destinations.values())
+    progress = None
+    if args.progress != "off":
+        tty = {"bar": True, "plain": False}.get(args.progress)
+        progress = Progress(
+            total or None, console.err, tty=tty, label="drain", interval=args.progress_interval
+        )
+    console.progress = progress
+    deadline = time.monotonic() + args.timeout
+    done = 0
+    try:
+        while time.monotonic() < deadline:
+            report = client.flush(timeout=min(2.0, max(0.0, deadline - time.monotonic())))
+            stats = client.stats()
+            done = sum(d.delivered + d.failed_total for d in stats.destinations.values())
+            if progress is not None:
+                progress.update(done, done, _delivered_text(client)(), force=True)
+            # Done when nothing is on disk here and no dead owner is left to adopt (the client's
+            # spool adopts in the background, within a second).
+            if report and stats.spooled == 0 and not _dead_records(args.dir):
+                break
+    finally:
+        final = client.shutdown(timeout=2.0)
+        if progress is not None:
+            progress.finish()
+        console.progress = None
+    stats = client.stats()
+    for name, d in stats.destinations.items():
+        console.result(
+            f"{name}: {d.recovered:,} recovered, {d.delivered:,} delivered, {d.failed_total:,} failed, "
+            f"{d.dropped_total:,} dropped, {d.spooled:,} still on disk"
+        )
+    left = inspect_spool(args.dir).records
+    if left or final.spooled:
+        console.message(
+            f"spool drain: {left:,} record(s) still in {args.dir} (gateway down, or owners alive)"
+        )
+        return EXIT_FAILED
+    console.result(f"spool drain: {args.dir} is empty")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``cdp-batcher`` argument parser (sub-commands ``collector``, ``import``, ``ping``).
@@ -493,6 +608,27 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--timeout", type=float, default=10.0, help="seconds per host (default 10)")
     _add_connection_flags(ping)
     ping.set_defaults(run=_run_ping)
+
+    spool = sub.add_parser("spool", help="look into or deliver a spool directory (spool_dir)")
+    spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION")
+    spool_sub.required = True
+    inspect = spool_sub.add_parser(
+        "inspect", help="files, records and bytes per destination, oldest record's age, owners alive or dead"
+    )
+    inspect.add_argument("dir", metavar="DIR")
+    inspect.set_defaults(run=_run_spool_inspect)
+    drain = spool_sub.add_parser(
+        "drain",
+        help="deliver what dead processes left in DIR; exit 0 only when DIR is empty",
+        description="Adopt the files of processes that are gone and deliver them (from a cron job, "
+        "or a container sharing the spool's volume). Exit 0 only when DIR holds nothing.",
+    )
+    drain.add_argument("dir", metavar="DIR")
+    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to keep trying (default 600)")
+    drain.add_argument("--progress", choices=("auto", "bar", "plain", "off"), default="auto")
+    drain.add_argument("--progress-interval", type=float, default=None, help=argparse.SUPPRESS)
+    _add_connection_flags(drain)
+    drain.set_defaults(run=_run_spool_drain)
     return parser
 
 

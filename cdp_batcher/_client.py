@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, cast
 
 from . import _concurrency
 from ._config import OPTIONS, ClientConfig, CustomerIoConfig, OnError, env_options
+from ._errors import ConfigError
 from ._event import (
     DEVICE_STRING_FIELDS,
     IDENTIFY,
@@ -39,6 +40,7 @@ from ._lifecycle import ClientHooks, abandon_routes, inside_pipeline, pipeline_f
 from ._report import LogLimiter, WarnOnce
 from ._retry import RetryPolicy
 from ._route import Route
+from ._spool import Spool, SpoolUnavailable
 from ._stats import DeliveryReport, DestinationReport, Stats
 from ._transactional import (
     SendEmailRequest,
@@ -104,6 +106,9 @@ class CDPClient:
         logger: Any = _D.logger,
         send_to_customer_io: bool = _D.send_to_customer_io,
         customer_io: Optional[CustomerIoConfig] = _D.customer_io,
+        spool_dir: Optional[str] = _D.spool_dir,
+        max_spool_bytes: int = _D.max_spool_bytes,
+        spool_fsync: Optional[float] = _D.spool_fsync,
     ) -> None:
         given = locals()  # this signature is OPTIONS with ClientConfig's defaults (test_single_sources)
         cfg = ClientConfig.from_kwargs(**{name: given[name] for name in OPTIONS})
@@ -124,7 +129,11 @@ class CDPClient:
         destinations: list[Destination] = [self._opencdp]
         if cfg.customer_io is not None:
             destinations.append(self._customer_io_destination(cfg.customer_io))
-        self._routes = tuple(Route.from_config(dest, cfg, self._limiter) for dest in destinations)
+        self._spool = self._open_spool(cfg, destinations)
+        streams = self._spool.streams if self._spool is not None else {}
+        self._routes = tuple(
+            Route.from_config(dest, cfg, self._limiter, streams.get(dest.name)) for dest in destinations
+        )
         self._closed = False
         self._shutdown_lock = _concurrency.lock()
         self._sync_token = _concurrency.token()
@@ -153,6 +162,23 @@ class CDPClient:
         )
         for route in self._routes:  # a child forked without Python's fork hooks resets the client
             route.on_fork = self._hooks.unhooked_fork
+
+    def _open_spool(self, cfg: ClientConfig, destinations: Sequence[Destination]) -> Optional[Spool]:
+        """The durable spool in ``spool_dir`` (None without one); ConfigError when it is unusable."""
+        if cfg.spool_dir is None:
+            return None
+        try:
+            return Spool(
+                cfg.spool_dir,
+                [d.name for d in destinations],
+                max_bytes=cfg.max_spool_bytes,
+                fsync=cfg.spool_fsync,
+                max_memory_records=cfg.max_queue_size,
+                max_memory_bytes=cfg.max_queue_bytes,
+                warn=self._limiter.warn,
+            )
+        except SpoolUnavailable as exc:
+            raise ConfigError(str(exc)) from None
 
     def _customer_io_destination(self, cio: CustomerIoConfig) -> Destination:
         from .destinations.customerio import CustomerIoDestination
@@ -364,6 +390,8 @@ class CDPClient:
                 route.finish_shutdown(deadline)
             met = all(route.wait(ticket, deadline) for route, ticket in tickets)
             report = self._report(tickets, met, start)
+            if self._spool is not None:
+                self._spool.close()  # what is not resolved stays on disk (report.spooled)
             self._shutdown_report = report
             self._hooks.closed()
             return report
@@ -420,6 +448,8 @@ class CDPClient:
 
     # ------------------------------------------------------------------------------- fork
     def _after_fork_in_child(self) -> None:
+        if self._spool is not None:
+            self._spool.after_fork_in_child()  # first: the routes' queues sit on its streams
         for route in self._routes:
             route.after_fork_in_child()
         self._limiter.after_fork()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional, cast
 from urllib.parse import urlsplit
@@ -155,6 +156,9 @@ class ClientConfig:
     logger: Any = None
     send_to_customer_io: bool = False
     customer_io: Optional[CustomerIoConfig] = None
+    spool_dir: Optional[str] = None
+    max_spool_bytes: int = 256 * 1024 * 1024
+    spool_fsync: Optional[float] = None
 
     def __repr__(self) -> str:
         shown = []
@@ -219,6 +223,16 @@ class ClientConfig:
             raise ConfigError(
                 "send_to_customer_io=True needs customer_io=CustomerIoConfig(site_id=..., api_key=...)"
             )
+        spool_dir = opt["spool_dir"]
+        if spool_dir is not None:
+            if not isinstance(spool_dir, (str, os.PathLike)) or not os.fspath(spool_dir):
+                raise ConfigError(f"spool_dir must be a directory path or None, got {spool_dir!r}")
+            spool_dir = os.fspath(spool_dir)
+            if not isinstance(spool_dir, str):
+                raise ConfigError(f"spool_dir must be a text path, got {spool_dir!r}")
+        spool_fsync = opt["spool_fsync"]
+        if spool_fsync is not None:
+            spool_fsync = float(_number("spool_fsync", spool_fsync, minimum=0, exclusive=True))
         return cls(
             cdp_api_key=cdp_api_key,
             endpoints=endpoints,
@@ -240,6 +254,9 @@ class ClientConfig:
             logger=logger,
             send_to_customer_io=send_to_customer_io,
             customer_io=customer_io if send_to_customer_io else None,
+            spool_dir=spool_dir,
+            max_spool_bytes=_number("max_spool_bytes", opt["max_spool_bytes"], minimum=1 << 20, integer=True),
+            spool_fsync=spool_fsync,
         )
 
     def get_logger(self) -> Any:
@@ -266,6 +283,7 @@ ENV_VARIABLES = (
     "CUSTOMERIO_API_KEY",
     "CUSTOMERIO_REGION",
     "CUSTOMERIO_URL",
+    "CDP_SPOOL_DIR",
 )
 
 
@@ -305,5 +323,7 @@ def env_options(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dic
             url = env.get("CUSTOMERIO_URL", "").strip() or None
             settings["customer_io"] = CustomerIoConfig(site_id=site, api_key=cio_key, region=region, url=url)
             settings["send_to_customer_io"] = True
+    if env.get("CDP_SPOOL_DIR", "").strip():
+        settings["spool_dir"] = env["CDP_SPOOL_DIR"].strip()
     settings.update(overrides)
     return settings

@@ -75,7 +75,9 @@ class Ingest:
             return None, None
         if len(routes) == 1:
             return routes[0].put, None
-        if len(routes) == 2 and routes[1].dest.takes_records:
+        # With a spool each queue is a stream on disk: Customer.io then queues whole entries
+        # (ULID and timestamp inside, so a replay after a crash is idempotent), via call().
+        if len(routes) == 2 and routes[1].dest.takes_records and not any(r.durable for r in routes):
             other = routes[1].dest
             put_pair = routes[0].pair_with(routes[1])
             return None, (put_pair, other.record_limit(TRACK), other.record_limit(IDENTIFY))

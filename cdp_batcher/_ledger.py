@@ -4,7 +4,11 @@ Under the queue's lock (shared, so that a snapshot is consistent)::
 
     enqueued (queue.offered) == delivered + failed + dropped + queued + in_flight
 
-where ``dropped`` includes the queue's own ``full_drops`` (reason ``queue_full``). Items leave
+where ``dropped`` includes the queue's own ``full_drops`` (reason ``queue_full``). With a
+durable queue (a spool) ``enqueued + recovered`` is on the left (records adopted from dead
+processes take sequence numbers too), and a unit that failed for a transient reason is *given
+back*: out of flight, into ``queued`` again, its batch still outstanding (a flush waits for it),
+its records still on disk. Items leave
 the queue in batches whose first sequence number (``base``) keys ``outstanding``: a flush whose
 target is ``t`` is done when the queue has drained past ``t``, no batch below ``t`` is
 outstanding, and every call dropped at call time has had its ``on_error`` report.
@@ -15,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
 
 from . import _concurrency
 from ._event import Item
 from ._queue import EventQueue
+from ._spool import SpoolQueue, is_transient
 from ._stats import DestinationReport, DestinationStats, frozen_counts
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "FlushTicket", "Ledger"]
@@ -44,8 +49,10 @@ class FlushTicket:
 class Ledger:
     """The counters of one route, under its queue's lock; ``progress`` is notified on each change."""
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: Union[EventQueue, SpoolQueue]) -> None:
         self.queue = queue
+        self.spool = queue if isinstance(queue, SpoolQueue) else None
+        self._given_back = 0  # items given back, not yet taken again (all in _outstanding)
         self.use_lock(queue.lock)
         self._delivered = 0
         self._delivered_at: Optional[float] = None  # the last delivery (monotonic)
@@ -71,9 +78,29 @@ class Ledger:
 
     # -------------------------------------------------------------------- under the caller's lock
     def take_locked(self, max_events: int) -> tuple[int, list[Item]]:
-        """Drain up to ``max_events`` items into flight; ``(base, items)``. The caller holds ``lock``."""
+        """Drain up to ``max_events`` items into flight; ``(base, items)``. The caller holds ``lock``.
+
+        Items given back come first, with the base they had."""
+        spool = self.spool
+        if spool is not None:
+            back = spool.take_returned_locked(max_events)
+            if back is not None:
+                self._given_back -= len(back[1])
+                self._in_flight += len(back[1])
+                return back
         base = self.queue.drained
         items = self.queue.drain_locked(max_events)
+        if items:
+            self._in_flight += len(items)
+            self._outstanding[base] = len(items)
+        return base, items
+
+    def take_unspooled_locked(self) -> tuple[int, list[Item]]:
+        """At shutdown with a spool: the items kept in memory only (the disk had failed), into
+        flight, to be dropped; those on disk stay there. The caller holds ``lock``."""
+        assert self.spool is not None
+        base = self.queue.drained
+        items = self.spool.take_unspooled_locked()
         if items:
             self._in_flight += len(items)
             self._outstanding[base] = len(items)
@@ -117,9 +144,35 @@ class Ledger:
             self._reports.popleft()
             self.progress.notify_all()
 
-    def resolve(self, base: Optional[int], n: int, bucket: int, reason: str) -> None:
-        """``n`` items of the batch at ``base`` (None: sent inline) end in ``bucket``."""
+    def kept(self, reason: str, items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+        """``(kept, rest)``: of items failing for ``reason``, those that stay in the spool (on disk,
+        transient reason) and those that are resolved for good."""
+        spool = self.spool
+        if spool is None or not is_transient(reason):
+            return [], list(items)
+        kept: list[Item] = []
+        rest: list[Item] = []
+        for item in items:
+            (kept if spool.on_disk(item) else rest).append(item)
+        return kept, rest
+
+    def give_back(self, base: int, items: Sequence[Item]) -> None:
+        """Items not delivered for a transient reason: back to the spool, their batch outstanding."""
+        assert self.spool is not None
         with self.progress:
+            self._in_flight -= len(items)
+            self._given_back += len(items)
+            self.spool.give_back_locked(base, items)
+            self.progress.notify_all()
+
+    def resolve(
+        self, base: Optional[int], n: int, bucket: int, reason: str, items: Sequence[Item] = ()
+    ) -> None:
+        """``n`` items of the batch at ``base`` (None: sent inline) end in ``bucket``; with a spool
+        their records (``items``) leave the disk."""
+        with self.progress:
+            if self.spool is not None and items:
+                self.spool.resolved_locked(items, bucket == DELIVERED)
             self._in_flight -= n
             if bucket == DELIVERED:
                 self._delivered += n
@@ -142,8 +195,16 @@ class Ledger:
 
     # ------------------------------------------------------------------------------- waiting
     def settled(self) -> bool:
-        """Nothing drained is unresolved. The caller holds ``progress``."""
-        return not self._outstanding
+        """Nothing drained is unresolved (or, with a spool, all of it was given back to the disk).
+        The caller holds ``progress``."""
+        if not self._given_back:
+            return not self._outstanding
+        return sum(self._outstanding.values()) <= self._given_back
+
+    def quiet(self) -> bool:
+        """Nothing in flight and no report pending: what a shutdown with a spool waits for (the rest
+        is on disk). The caller holds ``progress``."""
+        return self.settled() and not self._reports
 
     def done(self, target: int) -> bool:
         """Every item below ``target`` resolved and reported. The caller holds ``progress``."""
@@ -165,12 +226,30 @@ class Ledger:
             delivered = self._delivered - ticket.delivered
             failed = self._failed - Counter(ticket.failed)
             dropped = self._dropped - Counter(ticket.dropped)
-        return DestinationReport(delivered, frozen_counts(failed), frozen_counts(dropped), pending)
+            spooled = 0 if self.spool is None else self.spool.stream.spooled
+        return DestinationReport(delivered, frozen_counts(failed), frozen_counts(dropped), pending, spooled)
 
     def snapshot(self) -> DestinationStats:
         with self.lock:
             queue = self.queue
             dropped = Counter(self._dropped)
+            spool = self.spool
+            if spool is not None:
+                dropped.update(spool.drop_counts())
+                stream = spool.stream
+                return DestinationStats(
+                    enqueued=queue.offered,
+                    delivered=self._delivered,
+                    failed=frozen_counts(self._failed),
+                    dropped=frozen_counts(dropped),
+                    retried=self._retried,
+                    queued=spool.queued,
+                    in_flight=self._in_flight,
+                    spooled=stream.spooled,
+                    recovered=stream.recovered,
+                    spool_errors=stream.spool_errors,
+                    spool_corrupt=stream.spool_corrupt,
+                )
             if queue.full_drops:
                 dropped["queue_full"] += queue.full_drops
             return DestinationStats(

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import _concurrency
 from ._config import ClientConfig, OnError
@@ -38,6 +38,7 @@ from ._lifecycle import in_pipeline_thread
 from ._queue import EventQueue
 from ._report import FailureReporter, LogLimiter
 from ._senders import SenderPool, Unit
+from ._spool import SpoolQueue, Stream
 from ._stats import DestinationReport, DestinationStats
 from .destinations._base import Destination, cut_units
 
@@ -155,6 +156,17 @@ class UnitControl:
         n = len(items)
         if n == 0:
             return
+        if bucket != DELIVERED and self._base is not None:
+            kept, rest = self._ledger.kept(reason, items)
+            if kept:  # a spool: not delivered for a transient reason, so it stays on disk for later
+                self._ledger.give_back(self._base, kept)
+                self.unresolved -= len(kept)
+                self._reporter.warn(
+                    f"kept:{reason}", f"{len(kept)} event(s) kept in the spool ({reason}); tried again later"
+                )
+                if not rest:
+                    return
+                items, n = rest, len(rest)
         try:
             if error is not None:
                 if self.first_error is None:
@@ -163,7 +175,7 @@ class UnitControl:
                 # seen their on_error call return.
                 self._reporter.failure(items, reason, error, failed=bucket == FAILED)
         finally:
-            self._ledger.resolve(self._base, n, bucket, reason)
+            self._ledger.resolve(self._base, n, bucket, reason, items)
             self.unresolved -= n
 
 
@@ -180,8 +192,10 @@ class Route:
         flush_interval: float,
         on_error: Optional[OnError],
         limiter: LogLimiter,
+        stream: Optional[Stream] = None,
     ) -> None:
         self.dest = destination
+        self._stream = stream  # a spool's stream for this destination: the queue is durable
         self.name = destination.name
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -193,9 +207,12 @@ class Route:
         #: client sets it to its own reset (every route, once). Default: reset this route only.
         self.on_fork: Callable[[], None] = self.after_fork_in_child
         self._reset()
+        self._start_if_pending()
 
     @classmethod
-    def from_config(cls, destination: Destination, cfg: ClientConfig, limiter: LogLimiter) -> Route:
+    def from_config(
+        cls, destination: Destination, cfg: ClientConfig, limiter: LogLimiter, stream: Optional[Stream] = None
+    ) -> Route:
         """A route for ``destination`` with a client's queue bounds, batch size, interval and on_error."""
         return cls(
             destination,
@@ -205,11 +222,16 @@ class Route:
             flush_interval=cfg.flush_interval,
             on_error=cfg.on_error,
             limiter=limiter,
+            stream=stream,
         )
 
     # ------------------------------------------------------------------ state (also after fork)
     def _reset(self) -> None:
-        self.queue = EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+        self.queue: Union[EventQueue, SpoolQueue] = (
+            EventQueue(self._max_queue_size, self._max_queue_bytes, self._batch_size)
+            if self._stream is None
+            else SpoolQueue(self._stream, self._batch_size)
+        )
         self.ledger = Ledger(self.queue)
         self._refused = self.ledger.refused
         self._deadline = Deadline()
@@ -257,6 +279,14 @@ class Route:
         """The child starts empty, with its own lock, thread and connections."""
         self._reset()
         self.dest.after_fork()
+        self._start_if_pending()
+
+    def _start_if_pending(self) -> None:
+        """A spool's records adopted before this route wired its queue (the spool's maintenance
+        thread starts first) were announced to nobody: start delivering them. Checked after the
+        wiring, so an adoption racing this check wakes the route through ``on_first`` instead."""
+        if isinstance(self.queue, SpoolQueue) and self.queue.pending:
+            self._on_first()
 
     def forked(self) -> bool:
         """True in a child forked without fork hooks, before :attr:`on_fork` reset this route: the
@@ -288,16 +318,24 @@ class Route:
         """The hot-path put (the queue's own bound method)."""
         return self.queue.put
 
+    @property
+    def durable(self) -> bool:
+        """True when this route's queue is a spool's stream on disk."""
+        return self._stream is not None
+
     def pair_with(self, other: Route) -> Callable[[Item, Item], None]:
         """Let one call queue an item here and one on ``other`` with one lock acquisition (the
         dual-write fast path): from now on ``other``'s queue and ledger are guarded by this
         route's lock, held only for in-memory work, never across I/O, so neither destination
         waits on the other's requests. Call before either route is used (at construction, and
         again after a fork reset them). Returns the put for both (:meth:`EventQueue.put_pair`)."""
-        self.queue.share_lock(other.queue)
+        queue, partner = self.queue, other.queue
+        if not isinstance(queue, EventQueue) or not isinstance(partner, EventQueue):
+            raise TypeError("only in-memory queues pair: a spooled route queues on its own stream")
+        queue.share_lock(partner)
         self._follower, other._leader = other, self
         other._use_lock(self._lock)
-        return self.queue.put_pair
+        return queue.put_pair
 
     def drop_at_offer(self, item: Item, reason: str, error: Optional[BaseException] = None) -> None:
         """Count a call this destination will not take; report it via on_error when an error is given."""
@@ -332,9 +370,15 @@ class Route:
             self._drop_queued("shutdown", CDPError(f"{self.name}: call raced shutdown()"))
 
     def _drop_queued(self, reason: str, error: BaseException) -> None:
-        """Resolve everything still queued, or drained but not yet given to a sender, as dropped."""
+        """Resolve everything still queued, or drained but not yet given to a sender, as dropped.
+
+        With a spool only what is in memory alone is dropped: the records on disk stay there
+        (units drained for sending are given back), for the next client on the directory."""
         with self._lock:
-            base, items = self.ledger.take_locked(len(self.queue))
+            if self.ledger.spool is not None:
+                base, items = self.ledger.take_unspooled_locked()
+            else:
+                base, items = self.ledger.take_locked(len(self.queue))
             units = list(self._backlog)
             self._backlog.clear()
         for unit_base, unit in units:
@@ -527,6 +571,8 @@ class Route:
         self.check_stall()
         with self._lock:
             ticket = self.ledger.ticket_locked()
+            if self.ledger.spool is not None:
+                self.ledger.spool.resume_locked()  # items given back: try them now
             if ticket.target > self._flush_target:
                 self._flush_target = ticket.target
             waiting = len(self.queue) > 0 or self.ledger.has_reports_locked()
@@ -558,17 +604,25 @@ class Route:
         return True
 
     def wait(self, ticket: FlushTicket, deadline: float) -> bool:
-        """Block until every item below the ticket's target is resolved, or the deadline."""
+        """Block until every item below the ticket's target is resolved, or the deadline. A
+        shutdown with a spool waits only for what is in flight: the rest is safe on disk."""
         ledger = self.ledger
+        if self._stopping and ledger.spool is not None:
+            done: Callable[[], bool] = ledger.quiet
+        else:
+            done = lambda: ledger.done(ticket.target)  # noqa: E731
         with ledger.progress:
-            return ledger.progress.wait_for(
-                lambda: ledger.done(ticket.target), timeout=max(0.0, deadline - _monotonic())
-            )
+            return ledger.progress.wait_for(done, timeout=max(0.0, deadline - _monotonic()))
 
     def report(self, ticket: FlushTicket) -> DestinationReport:
         return self.ledger.report(ticket)
 
     def begin_shutdown(self, deadline: float) -> None:
+        spool = self.ledger.spool
+        if spool is not None and spool.failing:
+            # The destination is down (its last units were given back): nothing to wait for, the
+            # records are on disk. The process exits fast (a deploy), nothing lost.
+            deadline = min(deadline, _monotonic())
         self._deadline.set(deadline)  # first: whoever sees the route stopping sees its deadline
         with self._lock:
             self._stopping = True

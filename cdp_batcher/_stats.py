@@ -23,7 +23,12 @@ def frozen_counts(counts: Mapping[str, int]) -> Mapping[str, int]:
 class DestinationStats:
     """One destination's counters at one moment.
 
-    Invariant: ``enqueued == delivered + sum(failed) + sum(dropped) + queued + in_flight``.
+    Invariant: ``enqueued + recovered == delivered + sum(failed) + sum(dropped) + queued + in_flight``.
+
+    With a ``spool_dir``: ``queued`` counts records on disk too, ``spooled`` is how many records
+    of this process are on disk not yet resolved, ``recovered`` how many were adopted from
+    earlier processes; ``spool_errors`` counts disk failures (the client then keeps events in
+    memory), ``spool_corrupt`` records found unreadable and skipped. All 0 without a spool.
 
     ``stalls`` counts the times events waited with no delivery attempt for
     ``max(5 s, 10 x flush_interval)`` (each logged once as an ERROR naming the likely causes);
@@ -45,6 +50,10 @@ class DestinationStats:
     stalls: int = 0
     queued_bytes: int = 0
     last_delivery_age: Optional[float] = None
+    spooled: int = 0
+    recovered: int = 0
+    spool_errors: int = 0
+    spool_corrupt: int = 0
 
     @property
     def failed_total(self) -> int:
@@ -66,6 +75,10 @@ class DestinationStats:
             "stalls": self.stalls,
             "queued_bytes": self.queued_bytes,
             "last_delivery_age": self.last_delivery_age,
+            "spooled": self.spooled,
+            "recovered": self.recovered,
+            "spool_errors": self.spool_errors,
+            "spool_corrupt": self.spool_corrupt,
         }
 
 
@@ -79,6 +92,16 @@ class Stats:
 
     enqueued: int
     destinations: Mapping[str, DestinationStats]
+
+    @property
+    def spooled(self) -> int:
+        """Records on disk not yet resolved, all destinations (0 without a spool)."""
+        return sum(d.spooled for d in self.destinations.values())
+
+    @property
+    def recovered(self) -> int:
+        """Records adopted from earlier processes' spool files, all destinations."""
+        return sum(d.recovered for d in self.destinations.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +122,9 @@ class DestinationReport:
     failed: Mapping[str, int]
     dropped: Mapping[str, int]
     pending: int
+    #: Of this process's records, how many are on disk not yet resolved (a spool only): after a
+    #: shutdown with the gateway down, what the next client on the same spool_dir delivers.
+    spooled: int = 0
 
     def __bool__(self) -> bool:
         return self.pending == 0 and not self.failed and not self.dropped
@@ -130,6 +156,11 @@ class DeliveryReport:
     @property
     def pending(self) -> int:
         return sum(d.pending for d in self.destinations.values())
+
+    @property
+    def spooled(self) -> int:
+        """Records left on disk for the next client on the same spool_dir."""
+        return sum(d.spooled for d in self.destinations.values())
 
     @property
     def failed(self) -> int:

@@ -138,7 +138,7 @@ def assert_accounted(stats: Stats) -> None:
     """Every call a destination was offered sits in exactly one bucket (or is still queued/in flight)."""
     for name, d in stats.destinations.items():
         resolved = d.delivered + d.failed_total + d.dropped_total
-        assert d.enqueued == resolved + d.queued + d.in_flight, (name, d.as_dict())
+        assert d.enqueued + d.recovered == resolved + d.queued + d.in_flight, (name, d.as_dict())
 
 
 def unused_port() -> int:
@@ -192,6 +192,7 @@ ENV_VARS = (
     "CUSTOMERIO_API_KEY",
     "CUSTOMERIO_REGION",
     "CUSTOMERIO_URL",
+    "CDP_SPOOL_DIR",
 )
 
 
