@@ -477,3 +477,28 @@ def test_shutdown_in_an_idle_child_forked_without_hooks(
     assert result == {"ok": True, "dropped": {}, "enqueued": 0, "exit": 0}
     assert client.flush(timeout=10)
     assert by_identifier(collector) == {"parent": 3}
+
+
+def test_spooled_client_forked_without_hooks(collector: Collector, make_client: MakeClient, tmp_path: Any) -> None:
+    """uWSGI's default with a spool_dir: the parent's records are on disk in its own files when
+    a C fork() runs no Python hook. The child's first track() resets the client, spool included
+    (its own owner and segment files), so the child delivers only what it tracked and the parent
+    delivers its own: each event once."""
+    probe = _concurrency.fork_guard()
+    if not _concurrency.fork_guard_works(probe):
+        pytest.skip("no MADV_WIPEONFORK on this kernel/platform")
+    client = make_client(flush_interval=60.0, spool_dir=str(tmp_path / "spool"))
+    for i in range(5):
+        client.track("parent", "before_fork", {"i": i})
+
+    def child() -> dict[str, Any]:
+        for i in range(7):
+            client.track("child", "in_child", {"i": i})
+        report = client.flush(timeout=10)
+        return {"ok": bool(report), "delivered": report.delivered}
+
+    result = in_unhooked_child(child)
+    assert result["exit"] == 0 and result["ok"] and result["delivered"] == 7, result
+    assert client.flush(timeout=10)
+    assert client.stats().destinations["opencdp"].delivered == 5
+    assert by_identifier(collector) == Counter({"child": 7, "parent": 5})
