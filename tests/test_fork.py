@@ -479,7 +479,9 @@ def test_shutdown_in_an_idle_child_forked_without_hooks(
     assert by_identifier(collector) == {"parent": 3}
 
 
-def test_spooled_client_forked_without_hooks(collector: Collector, make_client: MakeClient, tmp_path: Any) -> None:
+def test_spooled_client_forked_without_hooks(
+    collector: Collector, make_client: MakeClient, tmp_path: Any
+) -> None:
     """uWSGI's default with a spool_dir: the parent's records are on disk in its own files when
     a C fork() runs no Python hook. The child's first track() resets the client, spool included
     (its own owner and segment files), so the child delivers only what it tracked and the parent

@@ -128,7 +128,9 @@ def test_twenty_second_schedule_on_a_busy_route() -> None:
 
 # ------------------------------------------------------------------------ real outages
 class Counting:
-    """Counts the requests the destination's transport makes, per host, while ``down`` is set."""
+    """Counts the requests that met the outage, per host: made while ``down`` is set and
+    answered 429/5xx or not at all (a request made in the moment the hosts came back, before
+    the test's timer cleared ``down``, is not part of the outage)."""
 
     def __init__(self, transport: Any, hosts: dict[str, str]) -> None:
         self._real = transport.request
@@ -139,12 +141,23 @@ class Counting:
         transport.request = self._request
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        if self.down.is_set():
-            with self._lock:
-                for name, base in self._hosts.items():
-                    if url.startswith(base):
-                        self.during[name] += 1
-        return self._real(method, url, **kwargs)
+        down = self.down.is_set()
+        try:
+            answer = self._real(method, url, **kwargs)
+        except Exception:
+            self._count(down, url)
+            raise
+        if answer.status == 429 or answer.status >= 500:
+            self._count(down, url)
+        return answer
+
+    def _count(self, down: bool, url: str) -> None:
+        if not down:
+            return
+        with self._lock:
+            for name, base in self._hosts.items():
+                if url.startswith(base):
+                    self.during[name] += 1
 
 
 @pytest.fixture
