@@ -6,9 +6,8 @@ virtual environment under ``.matrix/<cell>/`` with an editable install of the re
 once, in ``make test``; lint and type checks too):
 
 - ``oldest``: the oldest supported Python (``requires-python`` in pyproject.toml) with every
-  runtime dependency at its floor: the ``>=`` bounds of ``[project] dependencies`` as ``==``
-  pins, and urllib3 (not a dependency of ours, but the fast HTTP path uses its pool internals)
-  at the oldest release the requests floor admits.
+  runtime dependency at its floor: the ``>=`` bounds of ``[project] dependencies`` (urllib3
+  among them) as ``==`` pins.
 - ``newest``: the newest supported Python with the newest release of everything.
 
 After installing, the versions actually installed are read back; a floor cell whose versions
@@ -48,9 +47,6 @@ MATRIX_DIR = ROOT / ".matrix"
 
 #: The newest Python the package supports and the matrix tests (the oldest is requires-python).
 NEWEST_PYTHON = "3.13"
-#: The oldest urllib3 that the requests floor admits (requests 2.32.2: urllib3>=1.21.1,<3).
-#: pip refuses the pin if the requests floor ever stops admitting it, so it cannot go stale silently.
-URLLIB3_FLOOR = "1.21.1"
 #: The packages whose versions the summary shows (and a floor cell checks).
 TRACKED = ("requests", "urllib3", "msgspec", "backoff")
 #: Deselected in every cell: they run once, in ``make test``.
@@ -121,7 +117,6 @@ def floors(text: str) -> Dict[str, str]:
 def cells() -> List[Cell]:
     text = _pyproject()
     pins = floors(text)
-    pins.setdefault("urllib3", URLLIB3_FLOOR)
     return [
         Cell("oldest", oldest_python(text), pins, "every runtime dependency at its floor"),
         Cell("newest", NEWEST_PYTHON, {}, "the newest release of everything"),

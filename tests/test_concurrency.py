@@ -29,6 +29,10 @@ GEVENT_CASE = """
 import json, os, signal, sys
 signal.alarm(20)                              # a frozen hub cannot answer: die instead of hanging
 url, case = sys.argv[1], sys.argv[2]
+if case.endswith("_urlopen"):                 # the public path (proxies, a failed check): its watchdog
+    case = case[: -len("_urlopen")]
+    import cdp_batcher.destinations._http as http
+    http.capable = lambda session, url: "the test's stand-in"
 if case == "patch_before_import":             # the usual gevent set-up: patch, then import
     from gevent import monkey
     monkey.patch_all()
@@ -90,11 +94,21 @@ elif case == "patch_before_import":
 
 
 @needs_gevent
-@pytest.mark.parametrize("case", ["preload_fork", "patch_after_import", "patch_before_import"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "preload_fork",
+        "patch_after_import",
+        "patch_before_import",
+        "preload_fork_urlopen",
+        "patch_after_import_urlopen",
+    ],
+)
 def test_gevent_hub_keeps_running_while_delivering(collector: Collector, case: str) -> None:
     """Whether the client was made before the patch (in a forking master, or in the same process)
     or after it, its waits are cooperative: the ticker greenlet runs during flush(), all 40 events
-    arrive, and shutdown() completes."""
+    arrive, and shutdown() completes. ``_urlopen``: on the public path, whose deadline watchdog
+    (made at import, before the patch) must not block the hub either."""
     proc, _ = run_python(GEVENT_CASE, collector.url, case, timeout=40)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ import pytest
 import requests
 import requests.adapters
 
+from cdp_batcher.destinations import _fast
 from cdp_batcher.destinations._fast import FastTransport
 from cdp_batcher.destinations._http import Answer, HttpTransport, TransportError
 from cdp_batcher.destinations._reader import read_answer
@@ -167,6 +168,30 @@ def test_close_then_use_again(collector: Collector, own: HttpTransport) -> None:
     assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
     own.after_fork()
     assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+
+
+def test_pool_closed_during_the_check_keeps_the_fast_path(
+    collector: Collector, own: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another first request made a pool for the same key at the same moment and the PoolManager
+    closed the one the check holds (urllib3 1.x under gevent): the check asks again, the fast
+    path stays chosen."""
+    real = _fast._pool
+    closed: list[Any] = []
+
+    def evicted_once(session: requests.Session, url: str) -> Any:
+        pool = real(session, url)
+        if not closed:  # evicted: closed and out of the manager, as a newer pool replaced it
+            session.get_adapter(url).poolmanager.clear()
+            if pool.pool is not None:  # clear() closed it on some urllib3 versions (twice raises on 1.21)
+                pool.close()
+            closed.append(pool)
+        return pool
+
+    monkeypatch.setattr(_fast, "_pool", evicted_once)
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    assert closed and own.path == "fast"
+    assert collector.count() == 1
 
 
 def test_concurrent_requests(collector: Collector, own: HttpTransport) -> None:

@@ -11,12 +11,18 @@ own frames newer than the guard (the frames of the request it is making, nothing
 application's), and only those: a ``socket.socket`` or an object holding one as ``sock`` or
 ``_sock`` (``http.client``'s connection, ``socket.SocketIO``). Cutting repeats every
 ``RECUT`` seconds while the call is still inside (it may have moved on to another socket).
+
+Its lock, condition and thread belong to one process and one ``threading`` implementation: a
+guard opened after a fork (with or without Python's fork hooks) or after gevent/eventlet
+monkey-patched ``threading`` starts afresh (:class:`_State`). Under gevent a condition made
+before the patch holds a real lock: the watchdog greenlet waiting on it would block the hub.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import socket
 import sys
 import threading
@@ -25,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Optional
+
+from .. import _concurrency
 
 __all__ = ["WATCHDOG", "Watchdog"]
 
@@ -43,15 +51,40 @@ class _Guard:
         self.late = False
 
 
+class _State:
+    """The watchdog's objects for one process and one ``threading`` implementation."""
+
+    __slots__ = ("cond", "guards", "made_with", "pid", "thread")
+
+    def __init__(self) -> None:
+        self.made_with = _concurrency.token()
+        self.pid = os.getpid()
+        self.cond = _concurrency.condition()
+        self.guards: dict[int, _Guard] = {}
+        self.thread: Optional[threading.Thread] = None
+
+    def current(self) -> bool:
+        """False in a forked child, or once ``threading`` was monkey-patched since."""
+        return self.pid == os.getpid() and not _concurrency.stale(self.made_with)
+
+
 class Watchdog:
     """Cuts the sockets of guarded calls that outlive their deadline (see the module doc)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._cond = threading.Condition(threading.Lock())
-        self._guards: dict[int, _Guard] = {}
         self._ids = itertools.count()
-        self._thread: Optional[threading.Thread] = None
+        self._state = _State()
+
+    def _current(self) -> _State:
+        """This process's state under the ``threading`` in force, made afresh when the old one is
+        a forked copy (a parent thread may have held its lock; its thread is not here) or was made
+        before a monkey-patch. A replaced state keeps serving the guards opened on it (its thread
+        holds it), so two callers replacing it at once lose nothing."""
+        state = self._state
+        if not state.current():
+            state = self._state = _State()
+        return state
 
     @contextmanager
     def guard(self, deadline: float) -> Iterator[_Guard]:
@@ -59,42 +92,45 @@ class Watchdog:
         afterwards whether it was cut."""
         entry = _Guard(deadline, sys._getframe(2), threading.get_ident())
         key = next(self._ids)
-        with self._cond:
-            self._guards[key] = entry
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="cdp_batcher-deadline", daemon=True)
-                self._thread.start()
+        state = self._current()
+        with state.cond:
+            state.guards[key] = entry
+            if state.thread is None or not state.thread.is_alive():
+                state.thread = threading.Thread(
+                    target=self._run, args=(state,), name="cdp_batcher-deadline", daemon=True
+                )
+                state.thread.start()
             else:
-                self._cond.notify()
+                state.cond.notify()
         try:
             yield entry
         finally:
-            with self._cond:
-                self._guards.pop(key, None)
+            with state.cond:
+                state.guards.pop(key, None)
                 entry.frame = None
-                if not self._guards:
-                    self._cond.notify()
+                if not state.guards:
+                    state.cond.notify()
 
-    def _run(self) -> None:
-        cond = self._cond
+    def _run(self, state: _State) -> None:
+        cond, guards = state.cond, state.guards
         idle_since: Optional[float] = None
         with cond:
             while True:
                 now = self._clock()
-                if not self._guards:
+                if not guards:
                     if idle_since is None:
                         idle_since = now
                     elif now - idle_since >= LINGER:
-                        self._thread = None
+                        state.thread = None
                         return
                     cond.wait(LINGER)
                     continue
                 idle_since = None
-                late = [g for g in self._guards.values() if g.deadline <= now]
+                late = [g for g in guards.values() if g.deadline <= now]
                 for entry in late:
                     entry.late = True
                     _cut(entry)
-                wake = min(g.deadline for g in self._guards.values())
+                wake = min(g.deadline for g in guards.values())
                 cond.wait(RECUT if late else max(0.0, wake - now) + 0.001)
 
 

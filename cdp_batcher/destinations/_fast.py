@@ -48,6 +48,8 @@ _SLICE = 256 * 1024
 #: Send errors after which the answer already waiting in the socket is still read (an early
 #: 413, or a 401, sent by a server that stopped reading the body).
 _EARLY_ANSWER_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EPROTOTYPE, errno.ESHUTDOWN})
+#: How often :func:`capable` asks for a pool that the PoolManager closed at once (a race).
+_CHECK_ATTEMPTS = 3
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
@@ -71,11 +73,22 @@ def capable(session: requests.Session, url: str) -> Optional[str]:
         return "HTTPAdapter.get_connection_with_tls_context"
     if not callable(getattr(requests.utils, "select_proxy", None)):
         return "requests.utils.select_proxy"
-    pool = _pool(session, url)
-    for name in ("_get_conn", "_put_conn", "urlopen"):
-        if not callable(getattr(pool, name, None)):
-            return f"HTTPConnectionPool.{name}"
-    conn = pool._get_conn()
+    for _ in range(_CHECK_ATTEMPTS):
+        pool = _pool(session, url)
+        for name in ("_get_conn", "_put_conn", "urlopen"):
+            if not callable(getattr(pool, name, None)):
+                return f"HTTPConnectionPool.{name}"
+        try:
+            conn = pool._get_conn()
+        except urllib3.exceptions.ClosedPoolError:
+            # Evicted as soon as made: another first request made a pool for the same key at
+            # the same time and the PoolManager closed this one (seen with urllib3 1.x under
+            # gevent patched after import: the manager's RLock, made before the patch, does not
+            # keep greenlets apart). Not a missing internal: ask again, as a send does.
+            continue
+        break
+    else:
+        return None  # _get_conn and _put_conn are there; a send resolves a closed pool again
     try:
         if not hasattr(conn, "sock") or not callable(getattr(conn, "connect", None)):
             return "HTTPConnection.sock/connect"

@@ -175,6 +175,15 @@ class PoolTransport:
         self._lanes = {}
 
 
+def _whole(raw: Any) -> None:
+    """A streamed read (requests' ``.content``) that ended before the Content-Length did is an
+    error: urllib3 2 raises it itself, urllib3 1.26 (``enforce_content_length`` off) returns the
+    short body as if whole. ``length_remaining`` counts the bytes on the wire, before decoding."""
+    left = getattr(raw, "length_remaining", None)
+    if isinstance(left, int) and left > 0:
+        raise BadAnswer("closed mid-answer (shorter than its Content-Length)")
+
+
 def _close(response: Any) -> None:
     with contextlib.suppress(Exception):
         response.close()
@@ -217,6 +226,7 @@ class SessionTransport:
                 else:
                     retry_text = response.headers.get("Retry-After")
                     content = response.content
+                    _whole(response.raw)
             except Exception as exc:
                 if guard.late or _clock() >= deadline:
                     raise classify(DeadlinePassed(), sent=True) from None
