@@ -35,7 +35,7 @@ from requests.auth import _basic_auth_str
 
 from .._retry import parse_retry_after
 from ._public import PoolTransport
-from ._reader import read_answer
+from ._reader import RECV, read_answer
 from ._transport import Answer, DeadlinePassed, TransportError, classify
 
 __all__ = ["FastTransport", "capable"]
@@ -272,7 +272,15 @@ class FastTransport:
                 except Exception:
                     raise exc from None
                 return _answer(status, retry_after, content)
-            status, retry_after, content, reusable = read_answer(_Receiver(sock, deadline), method == "HEAD")
+            if len(data) > _SLICE:
+                _bound(sock, deadline)
+            # The socket's timeout was set to the time left just before the (one) sendall: the
+            # first read of the answer goes straight to the socket; later ones, if any, go
+            # through the deadline again.
+            first = sock.recv(RECV)
+            status, retry_after, content, reusable = read_answer(
+                _Receiver(sock, deadline), method == "HEAD", first
+            )
         except Exception as exc:
             if _clock() >= deadline and sent:
                 raise classify(DeadlinePassed(), sent=True) from None
@@ -281,6 +289,8 @@ class FastTransport:
             if not reusable:
                 conn.close()
             pool._put_conn(conn)
+        if retry_after is None and status != 429 and status != 503:
+            return Answer(status, None, content)
         return _answer(status, retry_after, content)
 
     # ---------------------------------------------------------------------------- lifecycle

@@ -35,9 +35,10 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 
 
-def read_answer(recv: Recv, head_only: bool) -> tuple[int, Optional[str], bytes, bool]:
-    """Read one answer: (status, Retry-After text, body, whether the connection can be reused)."""
-    buf = recv(RECV)
+def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, Optional[str], bytes, bool]:
+    """Read one answer: (status, Retry-After text, body, whether the connection can be reused).
+    ``first``: bytes of it the caller already received (else the reading starts with ``recv``)."""
+    buf = first or recv(RECV)
     heads = 0
     rest = b""
     while True:
