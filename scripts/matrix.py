@@ -2,7 +2,8 @@
 
 ``make matrix`` runs this (standard library only; any Python >= 3.9 can run it). Each cell is a
 virtual environment under ``.matrix/<cell>/`` with an editable install of the repository and its
-``test`` and ``frameworks`` extras, and runs ``pytest -m "not servers and not dist"`` (those run
+``test`` and ``frameworks`` extras, and runs ``pytest -m "not servers and not dist and not slow"``
+(the real-server cells, the release build and the slow outage, proxy and spool-torture tests run
 once, in ``make test``; lint and type checks too):
 
 - ``oldest``: the oldest supported Python (``requires-python`` in pyproject.toml) with every
@@ -50,7 +51,7 @@ NEWEST_PYTHON = "3.13"
 #: The packages whose versions the summary shows (and a floor cell checks).
 TRACKED = ("requests", "urllib3", "msgspec", "backoff")
 #: Deselected in every cell: they run once, in ``make test``.
-MARKERS = "not servers and not dist"
+MARKERS = "not servers and not dist and not slow"
 #: Upper bound on one cell's test run (the suite takes about 2 minutes on a busy 2-core machine).
 CELL_TIMEOUT = 900
 

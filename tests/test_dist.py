@@ -142,7 +142,7 @@ def test_wheel_carries_every_module_and_py_typed(dist: Dist) -> None:
     assert modules - names == set()
     assert not any(n.startswith("tests/") for n in names)
     requires = sorted(re.findall(r"^Requires-Dist: ([^;\n]+)$", metadata, re.M))
-    assert requires == ["backoff>=2.0.0", "msgspec>=0.18.0", "requests>=2.32.2"], requires
+    assert requires == ["backoff>=2.0.0", "msgspec>=0.18.0", "requests>=2.32.2", "urllib3>=1.26.0"], requires
     assert re.search(r"^Requires-Python: >=3\.9$", metadata, re.M)
 
 

@@ -191,6 +191,7 @@ def _child(spool: Path, url: str, start: int, out: int) -> None:  # pragma: no c
         os._exit(1)
 
 
+@pytest.mark.slow
 def test_sigkill_torture_every_reported_event_arrives(collector: Collector, tmp_path: Path) -> None:
     """100 children track numbered events (each number written to a pipe once track() returned)
     and are SIGKILLed at a random moment, the collector up, down or flapping; each child adopts
@@ -337,6 +338,7 @@ def test_records_adopted_before_the_routes_exist_are_delivered(
         again.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_gunicorn_workers_sigkilled_with_the_gateway_down_lose_nothing(
     collector: Collector, tmp_path: Path

@@ -403,6 +403,7 @@ def _run(path: Path, ops: FileOps, gen: int) -> Run:
     return run
 
 
+@pytest.mark.slow
 def test_crash_between_every_pair_of_steps_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash at each file operation of write/ack/delete/compact/adopt: the next spool opens,
     delivers every record written and not acknowledged, never one whose acknowledgement returned,
@@ -746,6 +747,7 @@ def test_fork_child_writes_its_own_files(tmp_path: Path) -> None:
     spool.close()
 
 
+@pytest.mark.slow
 def test_sigkill_torture(tmp_path: Path) -> None:
     """150 forked children each adopt what the dead ones left, deliver some (report, then ack)
     and write numbered records (reported once append returned); each is SIGKILLed at a random
