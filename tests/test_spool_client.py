@@ -6,6 +6,8 @@ import os
 import random
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -256,46 +258,39 @@ def test_sigkill_torture_every_reported_event_arrives(collector: Collector, tmp_
     assert seg_files(tmp_path) == [] or all(p.stat().st_blocks == 0 for p in seg_files(tmp_path))
 
 
-def test_cli_spool_inspect_and_drain(
-    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """spool inspect lists what a dead client left; spool drain delivers it, exit 0 once empty
-    (1 while the gateway is down)."""
-    import io
-
-    from cdp_batcher._cli import main
-
+def _cli(*argv: str) -> tuple[int, str, str]:
+    """``cdp-batcher`` in a process of its own, as a cron job or a sidecar runs it."""
     from conftest import ENV_VARS
 
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    done = subprocess.run(
+        [sys.executable, "-m", "cdp_batcher", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cli_spool_inspect_and_drain(collector: Collector, tmp_path: Path) -> None:
+    """spool inspect lists what a dead client left; spool drain (each run its own process, as
+    from cron) delivers it, exit 0 once empty (1 while the gateway is down)."""
     collector.go_down()
     client = spool_client(collector, tmp_path, shutdown_timeout=2.0)
     for i in range(50):
         client.track("u", "evt", {"n": i})
     assert client.shutdown().spooled == 50
-    out, err = io.StringIO(), io.StringIO()
-    assert main(["spool", "inspect", str(tmp_path)], out=out, err=err) == 0
-    text = out.getvalue()
+    code, text, err = _cli("spool", "inspect", str(tmp_path))
+    assert code == 0, err
     assert "50 record(s) not yet delivered" in text and "opencdp: 50 record(s)" in text
     assert "dead (adoptable)" in text
     conn = ["--api-key", API_KEY, "--endpoint", collector.url, "--fallback-endpoints", ""]
-    out, err = io.StringIO(), io.StringIO()
-    code = main(
-        ["spool", "drain", str(tmp_path), "--timeout", "3", "--progress", "off", *conn], out=out, err=err
-    )
-    assert code == 1 and "still in" in err.getvalue()
+    code, out, err = _cli("spool", "drain", str(tmp_path), "--timeout", "3", "--progress", "off", *conn)
+    assert code == 1 and "still in" in err, (code, out, err)
     collector.come_back()
-    out, err = io.StringIO(), io.StringIO()
-    code = main(
-        ["spool", "drain", str(tmp_path), "--timeout", "30", "--progress", "plain", *conn], out=out, err=err
-    )
-    assert code == 0, (out.getvalue(), err.getvalue())
-    assert "is empty" in out.getvalue() and "50 recovered" in out.getvalue()
+    code, out, err = _cli("spool", "drain", str(tmp_path), "--timeout", "30", "--progress", "plain", *conn)
+    assert code == 0, (out, err)
+    assert "is empty" in out and "50 recovered" in out
     assert sorted(numbers(collector)) == list(range(50))
-    out = io.StringIO()
-    assert main(["spool", "inspect", str(tmp_path)], out=out, err=io.StringIO()) == 0
-    assert "0 record(s) not yet delivered" in out.getvalue()
+    code, text, err = _cli("spool", "inspect", str(tmp_path))
+    assert code == 0 and "0 record(s) not yet delivered" in text, (text, err)
 
 
 def test_records_adopted_before_the_routes_exist_are_delivered(
