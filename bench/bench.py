@@ -154,7 +154,9 @@ class CdpDualLib(CdpLib):
 
     name = "cdp_batcher (dual-write)"
 
-    def __init__(self, url: str, *, send: bool = True, queue_size: int = 300_000) -> None:
+    def __init__(
+        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+    ) -> None:
         from cdp_batcher import CDPClient, CustomerIoConfig
 
         self.client = CDPClient(
@@ -167,6 +169,7 @@ class CdpDualLib(CdpLib):
             send=send,
             send_to_customer_io=True,
             customer_io=CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
+            **_spool_settings(spool),
         )
         self.track = self.client.track
 
