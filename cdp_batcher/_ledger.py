@@ -236,22 +236,9 @@ class Ledger:
             spool = self.spool
             if spool is not None:
                 dropped.update(spool.drop_counts())
-                stream = spool.stream
-                return DestinationStats(
-                    enqueued=queue.offered,
-                    delivered=self._delivered,
-                    failed=frozen_counts(self._failed),
-                    dropped=frozen_counts(dropped),
-                    retried=self._retried,
-                    queued=spool.queued,
-                    in_flight=self._in_flight,
-                    spooled=stream.spooled,
-                    recovered=stream.recovered,
-                    spool_errors=stream.spool_errors,
-                    spool_corrupt=stream.spool_corrupt,
-                )
-            if queue.full_drops:
+            elif queue.full_drops:
                 dropped["queue_full"] += queue.full_drops
+            stream = spool.stream if spool is not None else None
             return DestinationStats(
                 enqueued=queue.offered,
                 delivered=self._delivered,
@@ -265,4 +252,8 @@ class Ledger:
                 last_delivery_age=None
                 if self._delivered_at is None
                 else time.monotonic() - self._delivered_at,
+                spooled=0 if stream is None else stream.spooled,
+                recovered=0 if stream is None else stream.recovered,
+                spool_errors=0 if stream is None else stream.spool_errors,
+                spool_corrupt=0 if stream is None else stream.spool_corrupt,
             )

@@ -469,3 +469,20 @@ def test_forked_child_spools_into_its_own_files(collector: Collector, tmp_path: 
         client.flush(2)  # the parent delivers its own and adopts the dead child's
     assert sorted(numbers(collector)) == [*range(10), *range(100, 105)]
     client.shutdown()
+
+
+def test_spooled_stats_carry_the_alerting_fields(collector: Collector, tmp_path: Path) -> None:
+    """stats() with a spool has what the metrics and alerts read, as without one: the age of
+    the last delivery, stalls, queued bytes (the snapshot once built a second, shorter record
+    for a spooled route, and last_delivery_age stayed None there)."""
+    client = spool_client(collector, tmp_path)
+    try:
+        for i in range(5):
+            client.track("u", "evt", {"n": i})
+        assert client.flush(timeout=10)
+        snap = client.stats().destinations["opencdp"]
+    finally:
+        client.shutdown(timeout=5)
+    assert snap.delivered == 5 and snap.spooled == 0
+    assert snap.last_delivery_age is not None and snap.last_delivery_age >= 0.0
+    assert snap.stalls == 0 and snap.queued_bytes == 0
