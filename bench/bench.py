@@ -126,7 +126,13 @@ class CdpLib(Lib):
     concurrency = 10
 
     def __init__(
-        self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
+        self,
+        url: str,
+        *,
+        send: bool = True,
+        queue_size: int = 300_000,
+        spool: Optional[str] = None,
+        **options: Any,
     ) -> None:
         from cdp_batcher import CDPClient
 
@@ -139,6 +145,7 @@ class CdpLib(Lib):
             max_concurrent_requests=self.concurrency,
             send=send,
             **_spool_settings(spool),
+            **options,
         )
         self.track = self.client.track
 
@@ -157,21 +164,12 @@ class CdpDualLib(CdpLib):
     def __init__(
         self, url: str, *, send: bool = True, queue_size: int = 300_000, spool: Optional[str] = None
     ) -> None:
-        from cdp_batcher import CDPClient, CustomerIoConfig
+        from cdp_batcher import CustomerIoConfig
 
-        self.client = CDPClient(
-            cdp_api_key=API_KEY,
-            cdp_endpoint=url,
-            cdp_fallback_endpoints=[],
-            max_queue_size=queue_size,
-            max_queue_bytes=512 * 1024 * 1024,
-            max_concurrent_requests=self.concurrency,
-            send=send,
-            send_to_customer_io=True,
-            customer_io=CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
-            **_spool_settings(spool),
+        cio = CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url)
+        super().__init__(
+            url, send=send, queue_size=queue_size, spool=spool, send_to_customer_io=True, customer_io=cio
         )
-        self.track = self.client.track
 
 
 class CdpCioLib(CdpLib):
