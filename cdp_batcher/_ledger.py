@@ -245,7 +245,7 @@ class Ledger:
                 failed=frozen_counts(self._failed),
                 dropped=frozen_counts(dropped),
                 retried=self._retried,
-                queued=len(queue),
+                queued=len(queue) if spool is None else spool.queued,  # a paused spool: len() is 0
                 in_flight=self._in_flight,
                 stalls=self.stalls,
                 queued_bytes=queue.nbytes,
