@@ -31,14 +31,24 @@ def per_call(fn, items) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     base = sys.argv[1] if len(sys.argv) > 1 else None
-    bodies = [encode(OpenCdpTrack(f"user-{i % 1000}", "purchase_completed", {"plan": "pro", "amount": i})) for i in range(N)]
+    bodies = [
+        encode(OpenCdpTrack(f"user-{i % 1000}", "purchase_completed", {"plan": "pro", "amount": i}))
+        for i in range(N)
+    ]
     items = [(1, b) for b in bodies]
     mem, disk = [], []
     for _ in range(ROUNDS):
         q = EventQueue(N + 1, 1 << 40, 100)
         mem.append(per_call(q.put, items))
         with tempfile.TemporaryDirectory(dir=base) as d:
-            spool = Spool(d, ["opencdp"], max_bytes=1 << 40, max_memory_records=N + 1, max_memory_bytes=1 << 40, background=False)
+            spool = Spool(
+                d,
+                ["opencdp"],
+                max_bytes=1 << 40,
+                max_memory_records=N + 1,
+                max_memory_bytes=1 << 40,
+                background=False,
+            )
             stream = spool.streams["opencdp"]
             lock = stream.lock
             append = stream.append_locked
@@ -54,7 +64,9 @@ def main() -> None:
     print(f"in-memory put:  {statistics.median(mem):.3f} µs median of {ROUNDS} x {N:,}")
     print(f"spool append:   {statistics.median(disk):.3f} µs median (lock + frame + os.write + read-ahead)")
     print(f"extra per call: {statistics.median(disk) - statistics.median(mem):.3f} µs")
-    print(f"bytes on disk per event: {written / N:.1f} for {encoded / N:.1f} encoded ({written / encoded:.3f}x)")
+    print(
+        f"bytes on disk per event: {written / N:.1f} for {encoded / N:.1f} encoded ({written / encoded:.3f}x)"
+    )
     print(f"file system: {os.statvfs(base or tempfile.gettempdir()).f_bsize} byte blocks")
 
 

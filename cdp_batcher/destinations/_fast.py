@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -142,7 +143,6 @@ class FastTransport:
         self,
         method: str,
         url: str,
-        *,
         body: Optional[bytes],
         headers: Mapping[str, str],
         timeout: float,
@@ -160,7 +160,7 @@ class FastTransport:
             cached = self._prepare(key, headers, auth)
         lane = self._lanes.get(url) or self._resolve(url)
         if lane.direct:
-            return self._send(lane, cached[1], method, body, deadline)
+            return self._send(lane, cached[1], method, body, deadline, timeout)
         return self._public.send_pool(
             lane.pool, lane.target, method, body, cached[2], deadline, proxy=lane.proxy
         )
@@ -234,7 +234,9 @@ class FastTransport:
         return lane
 
     # ------------------------------------------------------------------------------ sending
-    def _send(self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float) -> Answer:
+    def _send(
+        self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float, timeout: float
+    ) -> Answer:
         pool = lane.pool
         try:
             conn = pool._get_conn()
@@ -251,7 +253,13 @@ class FastTransport:
                 conn.timeout = max(0.001, deadline - _clock())
                 conn.connect()
                 sock = conn.sock
-            _bound(sock, deadline)
+                _bound(sock, deadline)
+            else:
+                # Kept-alive: microseconds since the deadline was set, well within the slack, so
+                # the time left is ``timeout`` (no second clock read, and usually no settimeout).
+                current = sock.gettimeout()
+                if current is None or not timeout - _TIMEOUT_SLACK <= current <= timeout:
+                    sock.settimeout(timeout)
             if body is None:
                 data = head + b"\r\n"
             else:
@@ -268,18 +276,19 @@ class FastTransport:
                 # The server stopped reading and may have answered already (413 before the
                 # body ended): read what waits in the socket; nothing there keeps this error.
                 try:
-                    status, retry_after, content, _ = read_answer(_Receiver(sock, deadline), method == "HEAD")
+                    status, retry_after, content, _ = read_answer(
+                        partial(_recv, sock, deadline), method == "HEAD"
+                    )
                 except Exception:
                     raise exc from None
                 return _answer(status, retry_after, content)
-            if len(data) > _SLICE:
+            if _clock() > deadline - timeout + _TIMEOUT_SLACK:  # the send took a while
                 _bound(sock, deadline)
-            # The socket's timeout was set to the time left just before the (one) sendall: the
-            # first read of the answer goes straight to the socket; later ones, if any, go
-            # through the deadline again.
+            # The socket's timeout is the time left (within the slack): the first read of the
+            # answer goes straight to the socket; later ones, if any, through the deadline again.
             first = sock.recv(RECV)
             status, retry_after, content, reusable = read_answer(
-                _Receiver(sock, deadline), method == "HEAD", first
+                partial(_recv, sock, deadline), method == "HEAD", first
             )
         except Exception as exc:
             if _clock() >= deadline and sent:
@@ -299,23 +308,11 @@ class FastTransport:
         self._lanes = {}
 
 
-class _Receiver:
+def _recv(sock: Any, deadline: float, n: int) -> bytes:
     """``recv`` under a deadline: each call waits at most the time that is left."""
-
-    __slots__ = ("deadline", "sock")
-
-    def __init__(self, sock: Any, deadline: float) -> None:
-        self.sock = sock
-        self.deadline = deadline
-
-    def __call__(self, n: int) -> bytes:
-        sock = self.sock
-        _bound(sock, self.deadline)
-        data: bytes = sock.recv(n)
-        return data
-
-    def __repr__(self) -> str:
-        return "_Receiver()"
+    _bound(sock, deadline)
+    data: bytes = sock.recv(n)
+    return data
 
 
 def _bound(sock: Any, deadline: float) -> None:

@@ -33,6 +33,7 @@ Recv = Callable[[int], bytes]
 
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+_FOLDED = re.compile(rb"\r\n[ \t]")
 
 
 def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, Optional[str], bytes, bool]:
@@ -58,7 +59,8 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
         found = _STATUS_LINE.fullmatch(buf, 0, eol)
         if found is None:
             raise BadAnswer("not an HTTP/1.x status line")
-        status = int(found.group(2))
+        minor, code = found.groups()
+        status = int(code)
         rest = buf[end + 4 :]
         if 100 <= status < 200:  # informational (100 Continue, 103 Early Hints): the answer follows
             if status == 101:
@@ -70,20 +72,20 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
         break
     head = buf[eol : end + 2]
     lower = head.lower()
-    if b"\r\n " in head or b"\r\n\t" in head:
+    if _FOLDED.search(head) is not None:
         raise BadAnswer("folded header line")
-    keep_alive = found.group(1) == b"1"  # HTTP/1.1 keeps the connection unless told otherwise
-    connection = _header(lower, lower, b"connection")
+    keep_alive = minor == b"1"  # HTTP/1.1 keeps the connection unless told otherwise
+    connection = _header(lower, lower, b"\r\nconnection:")
     if connection is not None:
         keep_alive = b"close" not in connection if keep_alive else b"keep-alive" in connection
-    retry = _header(head, lower, b"retry-after")
+    retry = _header(head, lower, b"\r\nretry-after:")
     retry_after = retry.decode("latin-1").strip() if retry is not None else None
     if head_only or status in (204, 304):
         return status, retry_after, b"", keep_alive and not rest
-    encoding = _header(lower, lower, b"transfer-encoding")
+    encoding = _header(lower, lower, b"\r\ntransfer-encoding:")
     lengths = lower.count(b"\r\ncontent-length:")
     if encoding is not None:
-        if found.group(1) == b"0":
+        if minor == b"0":
             keep_alive = False  # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing
         if lengths:
             keep_alive = False  # both: Transfer-Encoding wins, the connection is not trusted again
@@ -126,12 +128,13 @@ def _content_length(lower: bytes, count: int) -> int:
     return length
 
 
-def _header(source: bytes, lower: bytes, name: bytes) -> Optional[bytes]:
-    """The value of header ``name`` (lower case) in a head that starts with CRLF, or None."""
-    start = lower.find(b"\r\n" + name + b":")
+def _header(source: bytes, lower: bytes, field: bytes) -> Optional[bytes]:
+    """The value of a header in a head that starts with CRLF, or None; ``field`` is CRLF, the
+    name in lower case and the colon."""
+    start = lower.find(field)
     if start < 0:
         return None
-    start += len(name) + 3
+    start += len(field)
     end = lower.find(b"\r\n", start)
     return source[start:end].strip()
 
