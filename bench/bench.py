@@ -500,6 +500,72 @@ def child_load(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The HTTP clients the request-cost row compares (issue 12: the fast path's CPU per request).
+REQUEST_CLIENTS = ("fast", "urlopen", "http.client", "requests")
+
+
+def child_request(spec: dict[str, Any]) -> dict[str, Any]:
+    """CPU (this thread's time) per single-event POST over one keep-alive connection, through
+    the transport's fast path, urllib3's public ``urlopen``, ``http.client`` or ``requests``."""
+    url, n, client = spec["url"], spec["n"], spec["lib"]
+    target = url + "/v1/persons/track"
+    body = json.dumps(
+        {"identifier": USERS[1], "eventName": EVENT, "properties": {"plan": "pro", "amount": 1}},
+        separators=(",", ":"),
+    ).encode()
+    headers = {"Authorization": API_KEY, "Content-Type": "application/json"}
+    send: Callable[[], object]
+    close: Callable[[], object]
+    if client == "fast":
+        from cdp_batcher.destinations._http import HttpTransport
+
+        transport = HttpTransport(None, pool_size=1)
+
+        def send() -> object:
+            return transport.request("POST", target, body=body, headers=headers, timeout=5.0)
+
+        close = transport.close
+    elif client == "urlopen":
+        import urllib3
+
+        pool = urllib3.HTTPConnectionPool(*url.split("//", 1)[1].split(":"), maxsize=1)
+
+        def send() -> object:
+            return pool.urlopen("POST", "/v1/persons/track", body=body, headers=headers, retries=False).data
+
+        close = pool.close
+    elif client == "http.client":
+        host, port = url.split("//", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+
+        def send() -> object:
+            conn.request("POST", "/v1/persons/track", body, headers)
+            return conn.getresponse().read()
+
+        close = conn.close
+    else:
+        import requests
+
+        session = requests.Session()
+
+        def send() -> object:
+            return session.post(target, data=body, headers=headers, timeout=5.0).content
+
+        close = session.close
+    for _ in range(200):
+        send()
+    per: list[float] = []
+    rounds = 7
+    for _ in range(rounds):
+        gc.collect()
+        cpu = time.thread_time()
+        for _ in range(max(1, n // rounds)):
+            send()
+        per.append((time.thread_time() - cpu) / max(1, n // rounds) * 1e6)
+    close()
+    return {"cpu_us": statistics.median(per), "min_cpu_us": min(per)}
+
+
 def _spool_disk(path: str, dest: str) -> tuple[int, int]:
     """(bytes ``dest``'s segment files take on disk, their logical size) under a spool directory."""
     taken = size = 0
@@ -577,6 +643,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "load": child_load,
     "spool_fill": child_spool_fill,
     "spool_drain": child_spool_drain,
+    "request": child_request,
 }
 
 
@@ -685,6 +752,14 @@ def measure_library(
             for field in ("median_ns", "p99_ns", "max_ns", "harness_ns"):
                 if field in got and field in best:
                     best[field] = min(best[field], got[field])
+
+    say(f"HTTP request CPU (median of 7 rounds, best of {REPEATS} runs, alternating)")
+    for _ in range(REPEATS):
+        for client in REQUEST_CLIENTS:
+            got = runner.run("request", client, runner.n(14_000))
+            best = results.setdefault(f"request/{client}", got)
+            if "cpu_us" in got and "cpu_us" in best:
+                best["cpu_us"] = min(best["cpu_us"], got["cpu_us"])
 
     say(f"throughput (best of {REPEATS}, alternating)")
     per_event, batched = runner.n(20_000), runner.n(200_000)
@@ -1105,6 +1180,21 @@ def table(results: dict[str, Any]) -> list[str]:
         None,
         None,
     )
+    fast, raw_request = (
+        _val(results, "request/fast", "cpu_us"),
+        _val(results, "request/http.client", "cpu_us"),
+    )
+    row(
+        "HTTP request CPU µs, fast path",
+        fast,
+        None,
+        None,
+        raw_request,
+        "≤ 0.5x http.client",
+        None if not (fast and raw_request) else fast <= 0.5 * raw_request,
+    )
+    for client in ("urlopen", "requests"):
+        row(f"  through {client}", _val(results, f"request/{client}", "cpu_us"), None, None, raw_request)
     ce, re_ = _val(results, "throughput/cdp", "events_s"), _val(results, "throughput/raw", "events_s")
     row(
         "per-event route events/s",
@@ -1330,6 +1420,12 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
             f"track() figures include the loop and a fresh properties dict per call ({harness:.2f} µs, "
             "measured with a no-op call); 100 chunks of 1,000 calls after 1,000 warm-up calls and a "
             f"gc.collect(); each figure the best of {CALLER_REPEATS} runs; throughput the best of {REPEATS}."
+        )
+    if "request/fast" in results:
+        notes.append(
+            "HTTP request CPU: one single-event POST at a time over one keep-alive connection, this thread's "
+            "CPU time per request (median of 7 rounds, best of 3 runs): the transport's fast path against "
+            "urllib3's public urlopen, http.client (the raw column) and requests.Session.post."
         )
     if "throughput/cdp" in results:
         notes.append(
