@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -121,6 +122,42 @@ def test_append_take_ack_in_order_and_files_removed(tmp_path: Path, ops: FileOps
     assert len(left) == 1 and (tmp_path / left[0]).stat().st_size <= 2048 + 200
     spool.close()
     assert files(tmp_path) == []
+
+
+def test_spooled_read_while_segments_come_and_go(tmp_path: Path) -> None:
+    """``spooled`` is read without the stream's lock (flush() reports, stats()) while another
+    thread rolls and deletes segments: it must never see the segment table change under it
+    (it raised RuntimeError out of flush(): "dictionary changed size during iteration")."""
+    spool = open_spool(tmp_path, segment_bytes=300)
+    stream = spool.streams[DEST]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                assert stream.spooled >= 0
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    reader.start()
+    try:
+        for i in range(3000):
+            stream.append(1, body(i))
+            if i % 4 == 3:
+                stream.ack(take(stream, 4))
+            if errors:
+                break
+    finally:
+        stop.set()
+        reader.join(10)
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert stream.spooled == 0
+    spool.close()
 
 
 def test_hot_path_appender_and_its_error_path(tmp_path: Path) -> None:

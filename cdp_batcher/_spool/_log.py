@@ -460,7 +460,9 @@ class Stream:
     def spooled(self) -> int:
         """Records on disk not yet resolved (own and adopted): the sum over the segments, so that
         appending and acknowledging keep one counter per segment, not two."""
-        return sum(seg.records for seg in self._segs.values())
+        return sum(
+            seg.records for seg in list(self._segs.values())
+        )  # list(): one step, no thread switch inside
 
     def take_locked(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, oldest first: adopted ones, then this process's."""
