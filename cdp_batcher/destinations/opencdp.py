@@ -53,6 +53,37 @@ class _Retrying:
         self.error: BaseException = DeliveryError("not attempted")
 
 
+#: Delivered events of a run are resolved together (one ledger update, one spool ack write)
+#: once this many are waiting, or this many seconds after the first of them, or at the end of
+#: the run's first pass, whichever comes first.
+RESOLVE_EVERY = 16
+RESOLVE_AFTER = 0.01
+
+
+class _Delivered:
+    """Events of a run already delivered, not yet resolved (see RESOLVE_EVERY)."""
+
+    __slots__ = ("ctl", "first", "items")
+
+    def __init__(self, ctl: SendControl) -> None:
+        self.ctl = ctl
+        self.items: list[Item] = []
+        self.first = 0.0
+
+    def add(self, item: Item) -> None:
+        items = self.items
+        if not items:
+            self.first = time.monotonic()
+        items.append(item)
+        if len(items) >= RESOLVE_EVERY or time.monotonic() - self.first >= RESOLVE_AFTER:
+            self.resolve()
+
+    def resolve(self) -> None:
+        if self.items:
+            items, self.items = self.items, []
+            self.ctl.delivered(items)
+
+
 class OpenCdpDestination(Destination):
     """Delivers identify/track/registerDevice to the OpenCDP gateway, one request per event."""
 
@@ -104,7 +135,11 @@ class OpenCdpDestination(Destination):
     def send(self, items: Sequence[Item], ctl: SendControl) -> None:
         """Send a run of events one request each. An event that must be retried waits out its
         backoff while the rest of the run goes ahead: one failing event never holds up others."""
-        retrying = [state for state in (self._attempt(item, None, ctl) for item in items) if state]
+        done = _Delivered(ctl)
+        try:
+            retrying = [state for state in (self._attempt(item, None, ctl, done) for item in items) if state]
+        finally:
+            done.resolve()
         while retrying:
             due = min(state.due for state in retrying)
             wait = max(due - time.monotonic(), self.outage.wait_time())
@@ -127,7 +162,9 @@ class OpenCdpDestination(Destination):
         """Senders worth running now (the governor's reading of the last requests)."""
         return self.governor.hint()
 
-    def _attempt(self, item: Item, state: Optional[_Retrying], ctl: SendControl) -> Optional[_Retrying]:
+    def _attempt(
+        self, item: Item, state: Optional[_Retrying], ctl: SendControl, done: Optional[_Delivered] = None
+    ) -> Optional[_Retrying]:
         """One attempt across the hosts: resolves the event, or returns when to try it again.
 
         While the gateway is known to be down (:class:`Outage`) the event waits for the next
@@ -150,7 +187,10 @@ class OpenCdpDestination(Destination):
         self.governor.record(time.perf_counter() - started, time.thread_time() - cpu)
         if answer is not None and answer.ok:
             outage.succeeded(sent_at)
-            ctl.delivered((item,))
+            if done is None:
+                ctl.delivered((item,))
+            else:
+                done.add(item)
             return None
         assert error is not None
         state.reason, state.error = reason, error
