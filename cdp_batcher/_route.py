@@ -258,7 +258,15 @@ class Route:
         keeps sharing one lock (:meth:`pair_with`)."""
         self._made_with = _concurrency.token()
         leader = self._leader
-        lock = leader._lock if leader is not None else _concurrency.lock()
+        stream = self._stream
+        if leader is not None:
+            lock = leader._lock
+        elif stream is not None:
+            # A spool's stream: its lock is the queue's, the one its maintenance thread (adoption)
+            # takes too; made anew only when threading was patched since (both then use the new one).
+            lock = stream.lock if not _concurrency.stale(stream.lock_token) else stream.new_lock()
+        else:
+            lock = _concurrency.lock()
         self._use_lock(lock)
         self._deadline.make_sync()
         self._wake = _concurrency.event()

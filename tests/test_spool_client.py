@@ -486,3 +486,35 @@ def test_spooled_stats_carry_the_alerting_fields(collector: Collector, tmp_path:
     assert snap.delivered == 5 and snap.spooled == 0
     assert snap.last_delivery_age is not None and snap.last_delivery_age >= 0.0
     assert snap.stalls == 0 and snap.queued_bytes == 0
+
+
+def test_route_and_spool_maintenance_share_one_lock(collector: Collector, tmp_path: Path) -> None:
+    """The spool's maintenance thread adopts a dead owner's files under the stream's lock while
+    the route takes records under its queue's lock: they must be one lock, at construction and
+    after a fork's reset (two locks let an adoption and a take interleave: a drain then found
+    "50 recovered, 0 delivered" and flush() raised "dictionary changed size during iteration")."""
+    import os
+
+    cio = CustomerIoConfig(site_id="site", api_key="cio-key", url=collector.url)
+    client = spool_client(collector, tmp_path, send_to_customer_io=True, customer_io=cio)
+    try:
+        routes = client._routes
+        assert len(routes) == 2
+        for route in routes:
+            stream = route._stream
+            assert stream is not None
+            assert route.queue.lock is stream.lock is route._lock
+        if hasattr(os, "fork"):
+            pid = os.fork()
+            if pid == 0:  # the child: its own files, its own (new) locks, still shared with the route
+                code = 1
+                try:
+                    client.track("u", "evt", {"n": 1})  # the first call in the child resets it
+                    ok = all(r.queue.lock is r._stream.lock is r._lock for r in client._routes)
+                    code = 0 if ok else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        client.shutdown(timeout=5)

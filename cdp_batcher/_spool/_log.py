@@ -277,8 +277,17 @@ class Stream:
         self.on_available: Callable[[], None] = _nothing
         self._reset()
 
+    def new_lock(self) -> threading.Lock:
+        """A new lock for the stream, of the ``threading`` in force (``lock_token`` says which).
+        The route on this stream guards its queue with this very lock (see Route._make_sync):
+        the spool's maintenance thread (adoption, checks) and the route's producers and
+        dispatcher must never touch the stream under two different locks."""
+        self.lock: threading.Lock = threading.Lock()
+        self.lock_token: object = threading.Lock
+        return self.lock
+
     def _reset(self) -> None:
-        self.lock = threading.Lock()
+        self.new_lock()
         self._active: Optional[Segment] = None
         self._own: list[Segment] = []  # this process's segments, oldest first (the active one last)
         self._adopted: deque[Segment] = deque()  # dead owners' segments with records to read, oldest first
