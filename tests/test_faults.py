@@ -240,7 +240,7 @@ def test_on_error_that_raises_is_logged_and_delivery_goes_on(
         track_n(client, 3)
         report = client.flush(timeout=10)
         track_n(client, 4, start=10)
-        assert client.flush(timeout=10)
+        assert client.flush(timeout=10).deadline_met
     assert dict(report.destinations["opencdp"].failed) == {"http_400": 3} and sum(calls) == 3
     lines = [r for r in caplog.records if "on_error callback raised RuntimeError" in r.getMessage()]
     assert len(lines) == 1
@@ -353,7 +353,10 @@ def test_repeated_failures_log_one_line_per_reason_per_interval(
     client = make_client(cdp_endpoint=f"http://127.0.0.1:{unused_port()}", max_retries=0)
     with caplog.at_level(logging.WARNING, logger="cdp_batcher"):
         track_n(client, 50)
-        assert dict(client.flush(timeout=10).destinations["opencdp"].failed) == {"connection_error": 50}
+        assert client.flush(timeout=10).deadline_met
+        # stats(), not the flush's report: that counts what resolved after flush() began, and on a
+        # slow machine the dispatcher fails some of the fifty before it (seen on Python 3.9: 24).
+        assert dict(client.stats().destinations["opencdp"].failed) == {"connection_error": 50}
         lines = [r.getMessage() for r in caplog.records if "failed (connection_error)" in r.getMessage()]
         assert len(lines) == 1, lines
         client._limiter.interval = 0.0  # the interval has passed

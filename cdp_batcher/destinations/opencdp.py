@@ -55,7 +55,8 @@ class _Retrying:
 
 #: Delivered events of a run are resolved together (one ledger update, one spool ack write)
 #: once this many are waiting, or this many seconds after the first of them, or at the end of
-#: the run's first pass, whichever comes first.
+#: the run's first pass, whichever comes first; on a link where a request takes longer than
+#: RESOLVE_AFTER each event is resolved as it is delivered (and what was waiting with it).
 RESOLVE_EVERY = 16
 RESOLVE_AFTER = 0.01
 
@@ -184,10 +185,13 @@ class OpenCdpDestination(Destination):
         sent_at = outage.now()
         started, cpu = time.perf_counter(), time.thread_time()
         answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
-        self.governor.record(time.perf_counter() - started, time.thread_time() - cpu)
+        wall = time.perf_counter() - started
+        self.governor.record(wall, time.thread_time() - cpu)
         if answer is not None and answer.ok:
             outage.succeeded(sent_at)
-            if done is None:
+            if done is None or wall >= RESOLVE_AFTER:  # a slow link: nothing to save by waiting
+                if done is not None:
+                    done.resolve()
                 ctl.delivered((item,))
             else:
                 done.add(item)
