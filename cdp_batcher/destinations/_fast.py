@@ -143,6 +143,7 @@ class FastTransport:
         self,
         method: str,
         url: str,
+        *,
         body: Optional[bytes],
         headers: Mapping[str, str],
         timeout: float,
@@ -257,9 +258,7 @@ class FastTransport:
             else:
                 # Kept-alive: microseconds since the deadline was set, well within the slack, so
                 # the time left is ``timeout`` (no second clock read, and usually no settimeout).
-                current = sock.gettimeout()
-                if current is None or not timeout - _TIMEOUT_SLACK <= current <= timeout:
-                    sock.settimeout(timeout)
+                _fit(sock, timeout)
             if body is None:
                 data = head + b"\r\n"
             else:
@@ -320,6 +319,11 @@ def _bound(sock: Any, deadline: float) -> None:
     left = deadline - _clock()
     if left <= 0:
         raise DeadlinePassed()
+    _fit(sock, left)
+
+
+def _fit(sock: Any, left: float) -> None:
+    """Set the socket's timeout to ``left`` unless it is that already, within _TIMEOUT_SLACK."""
     current = sock.gettimeout()
     if current is None or not left - _TIMEOUT_SLACK <= current <= left + _TIMEOUT_SLACK:
         sock.settimeout(left)
