@@ -493,8 +493,6 @@ def test_route_and_spool_maintenance_share_one_lock(collector: Collector, tmp_pa
     the route takes records under its queue's lock: they must be one lock, at construction and
     after a fork's reset (two locks let an adoption and a take interleave: a drain then found
     "50 recovered, 0 delivered" and flush() raised "dictionary changed size during iteration")."""
-    import os
-
     cio = CustomerIoConfig(site_id="site", api_key="cio-key", url=collector.url)
     client = spool_client(collector, tmp_path, send_to_customer_io=True, customer_io=cio)
     try:
@@ -504,6 +502,7 @@ def test_route_and_spool_maintenance_share_one_lock(collector: Collector, tmp_pa
             stream = route._stream
             assert stream is not None
             assert route.queue.lock is stream.lock is route._lock
+        parent_locks = [route._lock for route in routes]
         if hasattr(os, "fork"):
             pid = os.fork()
             if pid == 0:  # the child: its own files, its own (new) locks, still shared with the route
@@ -511,6 +510,7 @@ def test_route_and_spool_maintenance_share_one_lock(collector: Collector, tmp_pa
                 try:
                     client.track("u", "evt", {"n": 1})  # the first call in the child resets it
                     ok = all(r.queue.lock is r._stream.lock is r._lock for r in client._routes)
+                    ok = ok and all(r._lock is not old for r, old in zip(client._routes, parent_locks))
                     code = 0 if ok else 3
                 finally:
                     os._exit(code)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-import threading
 import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .. import _concurrency
 from . import _format as fmt
 from ._files import FileOps
 
@@ -277,13 +277,13 @@ class Stream:
         self.on_available: Callable[[], None] = _nothing
         self._reset()
 
-    def new_lock(self) -> threading.Lock:
+    def new_lock(self) -> Any:
         """A new lock for the stream, of the ``threading`` in force (``lock_token`` says which).
         The route on this stream guards its queue with this very lock (see Route._make_sync):
         the spool's maintenance thread (adoption, checks) and the route's producers and
         dispatcher must never touch the stream under two different locks."""
-        self.lock: threading.Lock = threading.Lock()
-        self.lock_token: object = threading.Lock
+        self.lock: Any = _concurrency.lock()
+        self.lock_token: object = _concurrency.token()
         return self.lock
 
     def _reset(self) -> None:
@@ -469,9 +469,8 @@ class Stream:
     def spooled(self) -> int:
         """Records on disk not yet resolved (own and adopted): the sum over the segments, so that
         appending and acknowledging keep one counter per segment, not two."""
-        return sum(
-            seg.records for seg in list(self._segs.values())
-        )  # list(): one step, no thread switch inside
+        segments = list(self._segs.values())  # one step: read without the lock, see Stream.lock
+        return sum(seg.records for seg in segments)
 
     def take_locked(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, oldest first: adopted ones, then this process's."""
