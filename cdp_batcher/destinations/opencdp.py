@@ -71,12 +71,17 @@ class _Delivered:
         self.items: list[Item] = []
         self.first = 0.0
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, wall: float) -> None:
+        """``item`` was delivered by a request that took ``wall`` seconds."""
         items = self.items
         if not items:
             self.first = time.monotonic()
         items.append(item)
-        if len(items) >= RESOLVE_EVERY or time.monotonic() - self.first >= RESOLVE_AFTER:
+        if (
+            wall >= RESOLVE_AFTER  # a slow link: nothing to save by waiting for the next one
+            or len(items) >= RESOLVE_EVERY
+            or time.monotonic() - self.first >= RESOLVE_AFTER
+        ):
             self.resolve()
 
     def resolve(self) -> None:
@@ -189,12 +194,10 @@ class OpenCdpDestination(Destination):
         self.governor.record(wall, time.thread_time() - cpu)
         if answer is not None and answer.ok:
             outage.succeeded(sent_at)
-            if done is None or wall >= RESOLVE_AFTER:  # a slow link: nothing to save by waiting
-                if done is not None:
-                    done.resolve()
+            if done is None:  # a retry: resolved at once
                 ctl.delivered((item,))
             else:
-                done.add(item)
+                done.add(item, wall)
             return None
         assert error is not None
         state.reason, state.error = reason, error
