@@ -14,6 +14,7 @@ own client, queue and threads, as the recipes advise):
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -39,6 +40,7 @@ def make_tracker(name: str, url: str) -> Track:
                 "send_to_customer_io": True,
                 "customer_io": CustomerIoConfig(site_id="bench-site", api_key=API_KEY, url=url),
             }
+        extra.update(json.loads(os.environ.get("BENCH_CDP_OPTIONS") or "{}"))
         client = CDPClient(cdp_api_key=API_KEY, cdp_endpoint=url, cdp_fallback_endpoints=[], **extra)
         return client.track
     if name == "posthog":

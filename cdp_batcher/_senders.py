@@ -46,6 +46,8 @@ TIMED_REQUESTS = 8
 CPU_WEIGHT = 0.25
 HINT_DIVISOR = 1.5
 MIN_REQUEST_CPU = 20e-6
+#: The CPU time of one request in this many is read (:meth:`ConcurrencyGovernor.cpu_start`).
+CPU_SAMPLE = 4
 
 
 class ConcurrencyGovernor:
@@ -56,12 +58,27 @@ class ConcurrencyGovernor:
         self._lock = _concurrency.lock()
         self._walls: deque[float] = deque(maxlen=TIMED_REQUESTS)  # wall times of the last requests
         self._cpu = 0.0  # moving average of a request's CPU time
+        self._count = 0  # requests started (cpu_start)
 
     def record(self, wall: float, cpu: float) -> None:
         """Record one request's wall and CPU time (success or failure)."""
         with self._lock:
             self._cpu = cpu if not self._walls else self._cpu + CPU_WEIGHT * (cpu - self._cpu)
             self._walls.append(wall)
+
+    def cpu_start(self) -> Optional[float]:
+        """The thread's CPU clock at a request's start, for one request in ``CPU_SAMPLE`` (the
+        clock is a system call, a microsecond; the average needs no more); else None."""
+        self._count = count = self._count + 1  # a lost update under a race only shifts the sample
+        return time.thread_time() if count % CPU_SAMPLE == 1 or not self._walls else None
+
+    def record_since(self, wall: float, cpu_start: Optional[float]) -> None:
+        """Record a request of ``wall`` seconds; its CPU time too when ``cpu_start`` was read."""
+        if cpu_start is not None:
+            self.record(wall, time.thread_time() - cpu_start)
+        else:
+            with self._lock:
+                self._walls.append(wall)
 
     def hint(self) -> int:
         """ceil(fastest recent wall time / (1.5 * CPU time)), 1 to concurrency."""

@@ -14,7 +14,7 @@ import pytest
 
 from cdp_batcher import CDPClient
 from cdp_batcher._retry import RetryPolicy
-from cdp_batcher._senders import TIMED_REQUESTS
+from cdp_batcher._senders import CPU_SAMPLE, TIMED_REQUESTS, ConcurrencyGovernor
 from cdp_batcher.destinations.opencdp import OpenCdpDestination
 from cdp_batcher.testing import Collector
 
@@ -139,3 +139,19 @@ def test_hint_follows_the_timings() -> None:
         assert dest.concurrency_hint() == 5
     finally:
         dest.close()
+
+
+def test_cpu_is_read_for_one_request_in_cpu_sample() -> None:
+    """The thread's CPU clock (a system call) is read for the first request and then one in
+    CPU_SAMPLE; every request's wall time is recorded, so the hint follows each of them."""
+    governor = ConcurrencyGovernor(10)
+    read = []
+    for _ in range(4 * CPU_SAMPLE):
+        cpu = governor.cpu_start()
+        read.append(cpu is not None)
+        governor.record_since(0.05, cpu)  # a 50 ms round trip
+    assert [i for i, was in enumerate(read) if was] == list(range(0, 4 * CPU_SAMPLE, CPU_SAMPLE))
+    assert governor.hint() == 10
+    for _ in range(TIMED_REQUESTS):
+        governor.record_since(1e-6, governor.cpu_start())  # answered at once: one sender
+    assert governor.hint() == 1

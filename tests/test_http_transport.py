@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -211,6 +212,38 @@ def test_concurrent_requests(collector: Collector, own: HttpTransport) -> None:
     for t in threads:
         t.join(20)
     assert not errors and collector.count() == 80
+
+
+def test_kept_connections_are_bounded_and_closed_with_the_transport(
+    collector: Collector, own: HttpTransport
+) -> None:
+    """Kept-alive connections wait in the lane (at most the pool's size, the rest go back to
+    the pool) and are reused; close() closes every one of them."""
+    test_concurrent_requests(collector, own)  # 4 threads x 20 requests
+    lane = own._path._lanes[collector.url + TRACK]
+    kept = list(lane.idle)
+    assert 1 <= len(kept) <= lane.keep == lane.pool.pool.maxsize
+    assert all(conn.sock is not None for conn in kept)
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    assert lane.idle[-1] is kept[-1]  # the last one kept was taken and given back
+    own.close()
+    assert not lane.idle and all(conn.sock is None for conn in kept)
+
+
+def test_a_kept_connection_with_bytes_waiting_is_not_used(collector: Collector, own: HttpTransport) -> None:
+    """A kept connection that has something to read before a request (the server closed it,
+    or wrote unasked) is closed, and the request goes on a new connection."""
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    lane = own._path._lanes[collector.url + TRACK]
+    (stale,) = lane.idle
+    peer = stale.sock
+    collector.go_down()  # closes the server's side: EOF waits in the kept socket
+    collector.come_back()
+    select.select([peer], [], [], 5.0)  # the cut reaches the socket (bounded wait, no sleep)
+    assert _fast._readable(peer)
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    assert peer.fileno() == -1  # closed, not sent on
+    assert collector.count() == 2
 
 
 def test_environment_proxy_is_honoured(
@@ -447,3 +480,18 @@ def test_answer_value() -> None:
     answer = Answer(500, None, b"line one\nline two" + b"x" * 1000)
     assert not answer.ok and "\n" not in answer.error_text() and len(answer.error_text()) <= 300
     assert Answer(200, None, b"{}") == Answer(200, None, b"{}") and Answer(204, None, b"").ok
+
+
+def test_reader_no_body_answers_still_check_their_framing() -> None:
+    """A HEAD, 204 or 304 answer has no body, but a bad Content-Length is still a bad answer,
+    and one with both Transfer-Encoding and Content-Length does not keep the connection
+    (found by test_reader_fuzz: a HEAD answer with "Content-Length:\\x00 2" was kept)."""
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length:\x00 2\r\n\r\n"
+    with pytest.raises(BadAnswer):
+        _read(bad, head_only=True)
+    with pytest.raises(BadAnswer):
+        _read(b"HTTP/1.1 204 No Content\r\nContent-Length: 1, 2\r\n\r\n")
+    both = b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n"
+    assert _read(both) == (304, None, b"", False)
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    assert _read(plain, head_only=True) == (200, None, b"", True)

@@ -18,8 +18,10 @@ It relies on requests' and urllib3's internals; :func:`capable` checks them once
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
+import select
 import socket
 import ssl
 import time
@@ -33,6 +35,7 @@ import requests.structures
 import requests.utils
 import urllib3.exceptions
 from requests.auth import _basic_auth_str
+from urllib3.util.wait import wait_for_read
 
 from .._retry import parse_retry_after
 from ._public import PoolTransport
@@ -117,7 +120,7 @@ def _pool(session: requests.Session, url: str) -> Any:
 class _Lane:
     """One URL resolved on the library's own Session: its pool and how to address it."""
 
-    __slots__ = ("direct", "host", "pool", "proxy", "settings", "target")
+    __slots__ = ("direct", "host", "idle", "keep", "pool", "proxy", "settings", "target")
 
     def __init__(
         self, pool: Any, target: str, host: str, proxy: Optional[str], settings: dict[str, Any]
@@ -128,6 +131,44 @@ class _Lane:
         self.direct = not proxy
         self.proxy = proxy
         self.settings = settings
+        #: Kept-alive connections taken from the pool, the last used on top (list.pop and
+        #: append are atomic: no Condition per request, as urllib3's LifoQueue takes two).
+        self.idle: list[Any] = []
+        self.keep = max(1, getattr(getattr(pool, "pool", None), "maxsize", 1) or 1)
+
+    def take(self) -> Any:
+        """A kept-alive connection the server has not closed, or None."""
+        idle = self.idle
+        while idle:
+            try:
+                conn = idle.pop()
+            except IndexError:  # another sender took the last one
+                return None
+            sock = conn.sock
+            if sock is not None and not _readable(sock):
+                return conn
+            conn.close()  # closed by the server (EOF waiting) or sent something unasked
+            self.pool._put_conn(conn)
+        return None
+
+    def give(self, conn: Any) -> None:
+        """Keep ``conn`` for the next request (the pool's share when the list is full)."""
+        idle = self.idle
+        if len(idle) < self.keep and self.pool.pool is not None:
+            idle.append(conn)
+        else:
+            self.pool._put_conn(conn)
+
+    def drop(self) -> None:
+        """Close the kept connections (the lane is forgotten, or its pool was closed)."""
+        while self.idle:
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                return
+            conn.close()
+            with contextlib.suppress(Exception):
+                self.pool._put_conn(conn)
 
 
 class FastTransport:
@@ -222,31 +263,40 @@ class FastTransport:
             raise classify(exc, sent=False) from None
         lane = _Lane(pool, target, urlsplit(url).netloc, proxy, dict(settings))
         if len(self._lanes) >= _MAX_CACHED:
-            self._lanes = {}
+            self._drop_lanes()
         self._lanes[url] = lane
         return lane
 
     def _refresh(self, lane: _Lane) -> _Lane:
         """The lane's pool was closed (session closed, or evicted by the pool manager)."""
+        lane.drop()
         for url, known in list(self._lanes.items()):
             if known is lane:
                 self._lanes.pop(url, None)
                 return self._resolve(url)
         return lane
 
+    def _drop_lanes(self) -> None:
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            lane.drop()
+
     # ------------------------------------------------------------------------------ sending
     def _send(
         self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float, timeout: float
     ) -> Answer:
         pool = lane.pool
-        try:
-            conn = pool._get_conn()
-        except urllib3.exceptions.ClosedPoolError:  # closed or evicted: resolve again, once
-            pool = self._refresh(lane).pool
+        conn = lane.take() if lane.idle else None
+        if conn is None:
             try:
                 conn = pool._get_conn()
-            except Exception as exc:
-                raise classify(exc, sent=False) from None
+            except urllib3.exceptions.ClosedPoolError:  # closed or evicted: resolve again, once
+                lane = self._refresh(lane)
+                pool = lane.pool
+                try:
+                    conn = pool._get_conn()
+                except Exception as exc:
+                    raise classify(exc, sent=False) from None
         reusable = sent = False
         try:
             sock = conn.sock
@@ -294,17 +344,33 @@ class FastTransport:
                 raise classify(DeadlinePassed(), sent=True) from None
             raise classify(exc, sent=sent) from None
         finally:
-            if not reusable:
+            if reusable:
+                lane.give(conn)
+            else:
                 conn.close()
-            pool._put_conn(conn)
+                pool._put_conn(conn)
         if retry_after is None and status != 429 and status != 503:
             return Answer(status, None, content)
         return _answer(status, retry_after, content)
 
     # ---------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        self._drop_lanes()
         self.session.close()
-        self._lanes = {}
+
+
+def _readable(sock: Any) -> bool:
+    """True when a kept-alive socket has something to read before a request was sent: the
+    server closed it (EOF) or wrote unasked. What urllib3's ``is_connection_dropped`` checks,
+    with one ``poll`` system call."""
+    if _poll is None:
+        return bool(wait_for_read(sock, timeout=0.0))
+    poller = _poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+_poll = getattr(select, "poll", None)
 
 
 def _recv(sock: Any, deadline: float, n: int) -> bytes:

@@ -13,8 +13,9 @@ request surely did not reach a server) and :meth:`Gateway.ping` (the first 2xx w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable, Optional
 
 from .._errors import DeliveryError
@@ -169,17 +170,20 @@ class Gateway:
         remaining: Optional[float] = None,
         timeout: Optional[float] = None,
         stop: Optional[Callable[[], bool]] = None,
+        hosts: Optional[Sequence[str]] = None,
+        tried: Sequence[str] = (),
     ) -> Iterator[Try]:
         """The failover loop: one round over the hosts in ring order, one request each.
 
         Each request's timeout is ``timeout`` (default the gateway's), cut to what is left of
         ``remaining`` seconds; once that is spent, or when ``stop()`` says so before a host,
         one last ``expired`` try ends the round. A 2xx makes its host the preferred one. The
-        caller stops the round (``break``/``return``) when an outcome is final.
+        caller stops the round (``break``/``return``) when an outcome is final. ``hosts`` and
+        ``tried`` continue a round begun by the caller: the hosts left, those already tried.
         """
         limit = self.timeout if timeout is None else timeout
-        tried: list[str] = []
-        for host in self.ring.order():
+        tried = list(tried)
+        for host in self.ring.order() if hosts is None else hosts:
             request_timeout = limit
             if stop is not None and stop():
                 yield Try(host, tuple(tried), expired=True)
@@ -213,9 +217,36 @@ class Gateway:
         the last host. Moves to the next host on a network error or a non-2xx answer, except
         answers that say the request itself is bad (400, 401, 403, 404, 413, 422)."""
         answer: Optional[Answer] = None
+        hosts = self.ring.order()
+        if not hosts or (remaining is not None and remaining <= 0):
+            rounds: Iterable[Try] = self.tries("POST", path, body, remaining=remaining, hosts=hosts)
+        else:
+            # The first host inline: the common case (its 2xx) makes no Try and no generator.
+            host, limit = hosts[0], self.timeout
+            start = time.monotonic()
+            try:
+                answer = self.http.request(
+                    "POST",
+                    host + path,
+                    body=body,
+                    headers=self.headers,
+                    timeout=limit if remaining is None else min(limit, remaining),
+                )
+            except TransportError as exc:
+                first = Try(host, (), error=exc)
+            else:
+                if answer.ok:
+                    self.ring.answered(host)
+                    return answer, None, "ok"
+                first = Try(host, (), answer=answer)
+            if remaining is not None:
+                remaining -= time.monotonic() - start
+            rest = self.tries("POST", path, body, remaining=remaining, hosts=hosts[1:], tried=(host,))
+            rounds = itertools.chain((first,), rest)
+            answer = None
         error: Optional[DeliveryError] = None
         reason = "no_host"
-        for t in self.tries("POST", path, body, remaining=remaining):
+        for t in rounds:
             tried = (*t.tried, t.host)
             if t.expired:
                 reason = "deadline"

@@ -80,10 +80,12 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
         keep_alive = b"close" not in connection if keep_alive else b"keep-alive" in connection
     retry = _header(head, lower, b"\r\nretry-after:")
     retry_after = retry.decode("latin-1").strip() if retry is not None else None
-    if head_only or status in (204, 304):
-        return status, retry_after, b"", keep_alive and not rest
     encoding = _header(lower, lower, b"\r\ntransfer-encoding:")
     lengths = lower.count(b"\r\ncontent-length:")
+    if head_only or status in (204, 304):
+        if lengths:  # no body follows, but the framing must still be plain to keep the connection
+            _content_length(lower, lengths)
+        return status, retry_after, b"", keep_alive and not rest and not (encoding and lengths)
     if encoding is not None:
         if minor == b"0":
             keep_alive = False  # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing

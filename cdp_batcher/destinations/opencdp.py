@@ -178,20 +178,24 @@ class OpenCdpDestination(Destination):
         probe is sent once, now.
         """
         policy = self._policy
-        if state is None:
-            state = _Retrying(item, policy.delays(), time.monotonic())
         outage = self.outage
         wait = outage.admit()
-        if wait > 0 and (state.sent or time.monotonic() - state.started + wait <= policy.max_time):
-            return self._wait_out(state, wait, ctl)
-        if state.sent:
+        if wait > 0:
+            if state is None:
+                state = _Retrying(item, policy.delays(), time.monotonic())
+            if state.sent or time.monotonic() - state.started + wait <= policy.max_time:
+                return self._wait_out(state, wait, ctl)
+        if state is not None and state.sent:
             ctl.retried(1)
-        state.sent = True
+        # The common case (a first attempt, answered 2xx) makes no retry state: it is made
+        # below, when the event has to be tried again or fails.
+        started = time.monotonic()
         sent_at = outage.now()
-        started, cpu = time.perf_counter(), time.thread_time()
-        answer, error, reason = self.post_with_failover(PATHS[item[0]], item[1], ctl.remaining())
-        wall = time.perf_counter() - started
-        self.governor.record(wall, time.thread_time() - cpu)
+        governor = self.governor
+        clock, cpu = time.perf_counter(), governor.cpu_start()
+        answer, error, reason = self.gateway.post(PATHS[item[0]], item[1], ctl.remaining())
+        wall = time.perf_counter() - clock
+        governor.record_since(wall, cpu)
         if answer is not None and answer.ok:
             outage.succeeded(sent_at)
             if done is None:  # a retry: resolved at once
@@ -199,6 +203,9 @@ class OpenCdpDestination(Destination):
             else:
                 done.add(item, wall)
             return None
+        if state is None:
+            state = _Retrying(item, policy.delays(), started)
+        state.sent = True
         assert error is not None
         state.reason, state.error = reason, error
         if reason in PERMANENT_REASONS or (
