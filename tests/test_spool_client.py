@@ -286,7 +286,11 @@ def test_cli_spool_inspect_and_drain(collector: Collector, tmp_path: Path) -> No
     assert code == 1 and "still in" in err, (code, out, err)
     collector.come_back()
     code, out, err = _cli("spool", "drain", str(tmp_path), "--timeout", "30", "--progress", "plain", *conn)
-    assert code == 0, (out, err)
+    if code != 0:  # seen once in CI (ci12, oldest cell): say what the spool and the gateway saw
+        state = _cli("spool", "inspect", str(tmp_path))[1]
+        pytest.fail(
+            f"drain exit {code}\n{out}\n{err}\nspool now:\n{state}\ngateway got {collector.count()} request(s)"
+        )
     assert "is empty" in out and "50 recovered" in out
     assert sorted(numbers(collector)) == list(range(50))
     code, text, err = _cli("spool", "inspect", str(tmp_path))
