@@ -7,6 +7,8 @@ units the destination can send in one request, and hands the units to the route'
 dispatcher itself). At most ``destination.concurrency_hint()`` units are in flight, read again
 at each hand-out, and a one-request-per-event batch is cut into that many runs; a hint that
 drops while units are in flight only makes the dispatcher wait for more of them to finish.
+While nobody waits (no flush, no shutdown) the route also keeps to what the backlog needs:
+``destination.senders_for(queued + in flight, flush_interval)``.
 Routes share nothing, so a slow or failing destination never delays another.
 
 Every item drained is resolved exactly once (delivered, failed or dropped) through a
@@ -518,8 +520,7 @@ class Route:
         """Give the backlog's units to senders as they free up. Waiting for a sender ends at the
         shutdown deadline: what is left then is dropped (by the dispatcher or finish_shutdown)."""
         pool = self._pool
-        hint = self.dest.concurrency_hint
-        while pool.acquire(self._deadline.time_left(), hint):
+        while pool.acquire(self._deadline.time_left(), self._senders_wanted):
             with self._lock:
                 unit = self._backlog.popleft() if self._backlog else None
             if unit is None:
@@ -534,10 +535,26 @@ class Route:
             # One request per event. Each sender takes a run of consecutive events, sent one after
             # the other, instead of one event per hand-off: the batch still spreads over the
             # senders in use, with a tenth of the thread wake-ups (make bench: per-event CPU).
-            senders = min(max(1, dest.concurrency_hint()), max(1, dest.concurrency))
+            senders = min(max(1, self._senders_wanted()), max(1, dest.concurrency))
             run = max(1, -(-len(items) // senders))
             return [(base, items[i : i + run]) for i in range(0, len(items), run)]
         return [(base, unit) for unit in cut_units(items, dest.max_unit_events, dest.max_unit_bytes)]
+
+    def _senders_wanted(self) -> int:
+        """Units to have in flight: the destination's reading of the link; while nobody waits
+        (no flush, no shutdown), no more than it takes to send what is queued and in flight
+        within about one flush interval. More would only take CPU and GIL turns from the
+        application's threads at the same time, for events nobody waits for (``make bench``:
+        host-app p99); a flush or a shutdown gets every sender the link can use."""
+        hint = self.dest.concurrency_hint()
+        if hint <= 1 or self._stopping:
+            return hint
+        ledger = self.ledger
+        with self._lock:
+            if self._flush_target and not ledger.done(self._flush_target):
+                return hint
+            backlog = len(self.queue) + ledger.in_flight
+        return min(hint, self.dest.senders_for(backlog, self._interval))
 
     def _run_unit(self, unit: Unit) -> None:
         base, items = unit

@@ -12,7 +12,8 @@ on the GIL, against each other and the application's threads; a 50 ms round trip
 sender busy. The fastest wall time and the 1.5 because a request's wall time also counts its
 waits for the GIL: an average over the plain CPU time would hold up whatever concurrency the
 route started with, while 1.5 still adds a second sender when the server takes as long as the
-request's own CPU.
+request's own CPU. :meth:`ConcurrencyGovernor.demand` says how many it takes to send a backlog
+within a given time at the recent mean request time: the route's cap while nobody waits.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ class ConcurrencyGovernor:
                 return self.concurrency
             wanted = math.ceil(min(self._walls) / (HINT_DIVISOR * max(self._cpu, MIN_REQUEST_CPU)))
         return max(1, min(self.concurrency, wanted))
+
+    def demand(self, events: int, within: float) -> int:
+        """ceil(events * mean recent wall time / within), 1 to concurrency: the senders that send
+        ``events`` one after the other within ``within`` seconds (all of them until a request
+        has been timed)."""
+        with self._lock:
+            walls = self._walls
+            if not walls:
+                return self.concurrency
+            mean = sum(walls) / len(walls)
+        return max(1, min(self.concurrency, math.ceil(events * mean / within)))
 
     def after_fork(self) -> None:
         self._lock = _concurrency.lock()

@@ -1,7 +1,10 @@
-"""OpenCDP senders in use follow the measured request latency (``concurrency_hint``).
+"""OpenCDP senders in use follow the measured request latency (``concurrency_hint``) and, while
+nobody waits, the backlog (``senders_for``).
 
 A slow link keeps every sender busy; a fast one (a sink in another process answering at once)
 ends up with about two requests in flight, however many ``max_concurrent_requests`` allows.
+Events nobody waits for (no flush, no shutdown) get only the senders it takes to send them
+within about a flush interval; a flush gets every sender the link can use.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ class _InFlight:
         self._hint = client._opencdp.concurrency_hint
         self._real = transport.request
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
         self._now = 0
+        self.finished = 0
         self.at_start: list[int] = []
         self.hints: list[int] = []  # the senders' hint when each request started
         transport.request = self._request  # type: ignore[method-assign]
@@ -54,6 +59,12 @@ class _InFlight:
         finally:
             with self._lock:
                 self._now -= 1
+                self.finished += 1
+                self._ended.notify_all()
+
+    def wait_finished(self, n: int, timeout: float) -> bool:
+        with self._ended:
+            return self._ended.wait_for(lambda: self.finished >= n, timeout)
 
 
 def test_slow_link_keeps_every_sender_busy(collector: Collector, make_client: MakeClient) -> None:
@@ -118,6 +129,46 @@ def test_fast_link_uses_few_senders(fast_sink: str) -> None:
     assert sum(later) / len(later) < 10, later
     assert hint < 10
     assert sum(hints) / len(hints) < 10, hints
+
+
+def test_events_nobody_waits_for_get_the_senders_their_backlog_needs(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    """A link of 10 ms round trips makes many senders worth running (the hint), yet 100 events
+    nobody waits for (four full batches, no flush) need one sender: sent within a flush interval
+    one after the other. The same backlog with a flush waiting goes out on many."""
+    collector.set_latency(0.01)
+    client = make_client(max_concurrent_requests=10, max_batch_size=25, flush_interval=10.0)
+    _track(client, 20)
+    assert client.flush(timeout=20)  # times the link: 10 ms a request
+    assert client._opencdp.concurrency_hint() >= 3
+    assert client._opencdp.senders_for(100, 10.0) == 1
+    counted = _InFlight(client)
+    _track(client, 100)  # four full batches: drained at once, nobody waits
+    assert counted.wait_finished(100, timeout=30)
+    assert max(counted.at_start) == 1, counted.at_start
+    assert collector.count() == 120
+    started = len(counted.at_start)
+    _track(client, 100)
+    assert client.flush(timeout=20)  # somebody waits: every sender the link can use
+    assert collector.count() == 220
+    assert max(counted.at_start[started:]) >= 3, counted.at_start[started:]
+
+
+def test_demand_follows_the_backlog() -> None:
+    """senders_for: the senders that send the backlog within the time given at the recent mean
+    request time, 1 to concurrency (all of them before any request was timed)."""
+    governor = ConcurrencyGovernor(10)
+    assert governor.demand(100, 0.5) == 10  # nothing timed
+    for _ in range(TIMED_REQUESTS):
+        governor.record(1e-3, 100e-6)  # 1 ms a request
+    assert governor.demand(0, 0.5) == 1
+    assert governor.demand(100, 0.5) == 1  # 0.1 s of requests
+    assert governor.demand(1_000, 0.5) == 2  # 1 s: two senders
+    assert governor.demand(100_000, 0.5) == 10  # never more than concurrency
+    for _ in range(TIMED_REQUESTS // 2):
+        governor.record(0.051, 100e-6)  # half the recent requests now take 51 ms: mean 26 ms
+    assert governor.demand(100, 0.5) == 6
 
 
 def test_hint_follows_the_timings() -> None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from cdp_batcher.destinations import _reader
 from cdp_batcher.destinations._reader import read_answer
 from cdp_batcher.destinations._transport import BadAnswer
 
@@ -141,3 +142,61 @@ def test_odd_chunk_sizes_are_refused(size: bytes, with_ext: bool) -> None:
     raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + line + b"\r\nhello\r\n0\r\n\r\n"
     with pytest.raises(BadAnswer):
         read_answer(Feed(raw, []).recv, False)
+
+
+def _outcome(data: bytes, cuts: list[int], head_only: bool) -> object:
+    try:
+        return read_answer(Feed(data, cuts).recv, head_only)
+    except BadAnswer as exc:
+        return f"BadAnswer: {exc}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    answers(),
+    st.lists(st.integers(0, 400), max_size=6),
+    st.lists(st.integers(0, 400), max_size=6),
+    st.booleans(),
+)
+def test_a_head_read_before_reads_the_same(
+    data: bytes, cuts: list[int], later: list[int], head_only: bool
+) -> None:
+    """The second reading of an answer (its head known from the first) gives what reading it
+    afresh gives, however the bytes come."""
+    _reader._known.clear()
+    _outcome(data, cuts, head_only)
+    again = _outcome(data, later, head_only)
+    _reader._known.clear()
+    assert again == _outcome(data, later, head_only)
+
+
+class _Unparsable:
+    def fullmatch(self, *args: object) -> None:
+        raise AssertionError("a known head was parsed again")
+
+
+def test_known_heads_are_reused_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head read once is not parsed again (the same bytes, another body); a head that differs
+    in one byte is read afresh; informational answers and HEAD answers are never remembered;
+    the cache holds at most MAX_KNOWN heads."""
+    _reader._known.clear()
+    head = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nX-A: 1"
+    assert read_answer(Feed(head + b"\r\n\r\n{}", []).recv, False) == (202, None, b"{}", True)
+    assert list(_reader._known) == [head]
+    with monkeypatch.context() as patched:
+        patched.setattr(_reader, "_STATUS_LINE", _Unparsable())
+        assert read_answer(Feed(head + b"\r\n\r\n[]", []).recv, False) == (202, None, b"[]", True)
+    # Known: a body that comes later, and a byte too many, still read as the general path would.
+    assert read_answer(Feed(head + b"\r\n\r\nab", [len(head) + 5]).recv, False) == (202, None, b"ab", True)
+    assert read_answer(Feed(head + b"\r\n\r\nabX", []).recv, False) == (202, None, b"ab", False)
+    other = head.replace(b"202 Accepted", b"503 Accepted").replace(b"X-A: 1", b"Retry-After: 3")
+    assert read_answer(Feed(other + b"\r\n\r\nno", []).recv, False) == (503, "3", b"no", True)
+    assert len(_reader._known) == 2
+    _reader._known.clear()
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    assert read_answer(Feed(hints + head + b"\r\n\r\n{}", []).recv, False)[0] == 202
+    assert read_answer(Feed(head + b"\r\n\r\n", []).recv, True) == (202, None, b"", True)
+    assert not _reader._known
+    for i in range(_reader.MAX_KNOWN + 5):
+        read_answer(Feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: %d\r\n\r\n" % i, []).recv, False)
+        assert 1 <= len(_reader._known) <= _reader.MAX_KNOWN

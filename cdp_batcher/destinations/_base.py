@@ -75,6 +75,11 @@ class Destination(abc.ABC):
         """Units worth sending at once now (1 to ``concurrency``); the route re-reads it at each hand-out."""
         return self.concurrency
 
+    def senders_for(self, events: int, within: float) -> int:
+        """Units it takes, at once, to send ``events`` one-event units within ``within`` seconds
+        (1 to ``concurrency``): the route's cap when nobody waits. Default: ``concurrency``."""
+        return self.concurrency
+
     def device_rejection(self, device: DeviceInfo) -> Optional[str]:
         """A drop reason when this destination cannot take this device (e.g. ``unsupported_platform``)."""
         return None

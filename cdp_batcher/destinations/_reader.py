@@ -36,10 +36,31 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 _FOLDED = re.compile(rb"\r\n[ \t]")
 
 
+#: Heads read before, exactly as they came (status line and fields, without the blank line), with
+#: what reading them gave: (status, Retry-After text, Content-Length, HTTP keep-alive). A gateway
+#: answers each event with the same head, or one that changes once a second (its Date), and the
+#: same bytes always read the same: parsing them again would cost the sender most of its
+#: reading (``make bench``: per-event route CPU). Only heads of final answers framed by one
+#: Content-Length, up to ``KNOWN_HEAD`` bytes, for bodies (not HEAD); at most ``MAX_KNOWN``,
+#: then the cache starts again.
+_known: dict[bytes, tuple[int, Optional[str], int, bool]] = {}
+KNOWN_HEAD = 1024
+MAX_KNOWN = 32
+
+
 def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, Optional[str], bytes, bool]:
     """Read one answer: (status, Retry-After text, body, whether the connection can be reused).
     ``first``: bytes of it the caller already received (else the reading starts with ``recv``)."""
     buf = first or recv(RECV)
+    end = buf.find(b"\r\n\r\n")
+    if 0 < end <= KNOWN_HEAD and not head_only:
+        known = _known.get(buf[:end])
+        if known is not None:  # read before: the same bytes read the same
+            status, retry_after, length, keep_alive = known
+            rest = buf[end + 4 :]
+            if len(rest) < length:
+                rest = _read_more(recv, rest, length)
+            return status, retry_after, rest[:length], keep_alive and len(rest) == length
     heads = 0
     rest = b""
     while True:
@@ -98,6 +119,10 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
     if not lengths:  # delimited by the end of the connection
         return status, retry_after, _read_to_close(recv, rest), False
     length = _content_length(lower, lengths)
+    if heads == end and end <= KNOWN_HEAD:  # no informational answer before: the head is buf[:end]
+        if len(_known) >= MAX_KNOWN:
+            _known.clear()
+        _known[buf[:end]] = (status, retry_after, length, keep_alive)
     if len(rest) < length:
         rest = _read_more(recv, rest, length)
     return status, retry_after, rest[:length], keep_alive and len(rest) == length

@@ -168,6 +168,10 @@ class OpenCdpDestination(Destination):
         """Senders worth running now (the governor's reading of the last requests)."""
         return self.governor.hint()
 
+    def senders_for(self, events: int, within: float) -> int:
+        """Senders that send ``events`` within ``within`` seconds at the last requests' pace."""
+        return self.governor.demand(events, within)
+
     def _attempt(
         self, item: Item, state: Optional[_Retrying], ctl: SendControl, done: Optional[_Delivered] = None
     ) -> Optional[_Retrying]:
