@@ -6,8 +6,9 @@ queue keeps its other counters under the same lock so that a snapshot is consist
 
 A producer wakes the route's dispatcher only when the queue goes from empty to non-empty (the
 dispatcher may need starting) or when a full batch is waiting; never once per event. The queue
-writes its own counters (``offered``, ``accepted``, ``drained``, ``full_drops``); others only
-read them, under ``lock``.
+writes its own counters (``drained``, ``full_drops`` and the offers it does not hold) and derives
+``accepted`` and ``offered`` from them: a put that keeps its item counts nothing but the item
+itself. Others only read them, under ``lock``.
 
 ``put`` first reads the queue's fork guard (one byte that a forked child sees zeroed, see
 ``_concurrency.fork_guard``): in a process forked without Python's fork hooks (uWSGI's default)
@@ -42,7 +43,7 @@ class EventQueue:
         "_batch_mark",
         "_bytes",
         "_items",
-        "accepted",
+        "_unheld",
         "drained",
         "first_at",
         "full_drops",
@@ -51,7 +52,6 @@ class EventQueue:
         "mark",
         "max_bytes",
         "max_events",
-        "offered",
         "on_batch",
         "on_first",
         "on_fork",
@@ -68,9 +68,8 @@ class EventQueue:
         self.lock = _concurrency.lock()  # remade by the route after a gevent/eventlet patch
         self._items: deque[Item] = deque()
         self._bytes = 0
-        self.offered = 0  # every put, accepted or not
-        self.accepted = 0  # items ever appended: the next item's sequence number
         self.drained = 0  # items ever removed
+        self._unheld = 0  # offers counted by count_offer_locked (not held by the queue)
         self.full_drops = 0
         self.first_at = 0.0  # monotonic time the queue last became non-empty
         self.on_first: Callable[[], None] = _nothing
@@ -86,14 +85,12 @@ class EventQueue:
             return self.on_fork(item)
         size = len(item[1])
         with self.lock:
-            self.offered += 1
             n = len(self._items)
             if n >= self.max_events or self._bytes + size > self.max_bytes:
                 self.full_drops += 1
                 return False
             self._items.append(item)
             self._bytes += size
-            self.accepted += 1
             if n == 0:
                 self.first_at = time.monotonic()
         if n == 0:
@@ -120,13 +117,10 @@ class EventQueue:
             return
         size = len(item[1])
         with self.lock:
-            self.offered += 1
-            other.offered += 1
             n = len(self._items)
             if n < self.max_events and self._bytes + size <= self.max_bytes:
                 self._items.append(item)
                 self._bytes += size
-                self.accepted += 1
                 if n == 0:
                     self.first_at = time.monotonic()
             else:
@@ -136,7 +130,6 @@ class EventQueue:
             if m < other.max_events and other._bytes + size <= other.max_bytes:
                 other._items.append(record)
                 other._bytes += size
-                other.accepted += 1
                 if m == 0:
                     other.first_at = time.monotonic()
             else:
@@ -156,7 +149,19 @@ class EventQueue:
     def count_offer_locked(self) -> None:
         """Count an offer the queue does not hold (dropped at call time, or sent inline). The
         caller holds ``lock``."""
-        self.offered += 1
+        self._unheld += 1
+
+    @property
+    def accepted(self) -> int:
+        """Items ever appended, the next item's sequence number: each was drained or still
+        waits. Read under ``lock``."""
+        return self.drained + len(self._items)
+
+    @property
+    def offered(self) -> int:
+        """Every offer (``stats().enqueued``): items appended, puts refused as full, and the
+        offers counted by :meth:`count_offer_locked`. Read under ``lock``."""
+        return self.drained + len(self._items) + self.full_drops + self._unheld
 
     def drain_locked(self, max_events: int) -> list[Item]:
         """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""
