@@ -235,8 +235,10 @@ class Gateway:
             except TransportError as exc:
                 first = Try(host, (), error=exc)
             else:
-                if answer.ok:
-                    self.ring.answered(host)
+                if 200 <= answer.status < 300:
+                    ring = self.ring
+                    if ring.hosts[ring._preferred] != host:  # else answered() has nothing to change
+                        ring.answered(host)
                     return answer, None, "ok"
                 first = Try(host, (), answer=answer)
             if remaining is not None:

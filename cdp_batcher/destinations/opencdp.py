@@ -74,14 +74,12 @@ class _Delivered:
     def add(self, item: Item, wall: float) -> None:
         """``item`` was delivered by a request that took ``wall`` seconds."""
         items = self.items
-        if not items:
-            self.first = time.monotonic()
         items.append(item)
-        if (
-            wall >= RESOLVE_AFTER  # a slow link: nothing to save by waiting for the next one
-            or len(items) >= RESOLVE_EVERY
-            or time.monotonic() - self.first >= RESOLVE_AFTER
-        ):
+        if wall >= RESOLVE_AFTER:  # a slow link: nothing to save by waiting for the next one
+            self.resolve()
+        elif len(items) == 1:
+            self.first = time.monotonic()
+        elif len(items) >= RESOLVE_EVERY or time.monotonic() - self.first >= RESOLVE_AFTER:
             self.resolve()
 
     def resolve(self) -> None:
@@ -200,7 +198,7 @@ class OpenCdpDestination(Destination):
         answer, error, reason = self.gateway.post(PATHS[item[0]], item[1], ctl.remaining())
         wall = time.perf_counter() - clock
         governor.record_since(wall, cpu)
-        if answer is not None and answer.ok:
+        if answer is not None and 200 <= answer.status < 300:
             outage.succeeded(sent_at)
             if done is None:  # a retry: resolved at once
                 ctl.delivered((item,))
