@@ -325,6 +325,7 @@ def peak_rss(argv: list[str], env: dict[str, str], timeout: float = 60.0) -> tup
         return proc.returncode, usage.ru_maxrss * 1024, out.read()
 
 
+@pytest.mark.slow  # make test runs it; the matrix cells skip it (CI time)
 @pytest.mark.timeout(90)
 def test_peak_memory_stays_flat_on_20000_row_files(collector: Collector, tmp_path: Path) -> None:
     """Streamed reading and a bounded queue: on 20,000-row files (~20 MB) the importer's peak RSS

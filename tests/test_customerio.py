@@ -372,6 +372,7 @@ def test_dual_write_off_sends_nothing_to_customerio(hub: Collector, make_client:
     assert assert_cio_bodies_valid(hub) == 0
 
 
+@pytest.mark.slow  # make test runs it; the matrix cells skip it (CI time)
 def test_thousands_of_large_events_split_under_500kb(hub: Collector, make_client: MakeClient) -> None:
     """2,000 events of 5-10 KB: every body < 500,000 bytes, none lost, order kept, ids unique."""
     client = make_client(max_batch_size=250, flush_interval=0.2)

@@ -244,6 +244,7 @@ def test_stats_invariant_holds_at_every_moment(collector: Collector, make_client
     assert final.enqueued == 400 and final.delivered + final.dropped.get("queue_full", 0) == 400
 
 
+@pytest.mark.slow  # make test runs it; the matrix cells skip it (CI time)
 @pytest.mark.timeout(240)
 def test_16_threads_x_5000_events_exactly_once(fast_sink: str) -> None:
     """16 producer threads x 5,000 events each: every event delivered exactly once."""

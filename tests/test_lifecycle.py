@@ -467,6 +467,7 @@ def test_sigterm_handler_shutdown_is_bounded_with_a_slow_gateway(collector: Coll
     assert elapsed < 1.0 + 1.5, (elapsed, out)
 
 
+@pytest.mark.slow  # make test runs it; the matrix cells skip it (CI time)
 def test_sigterm_while_tracking_in_a_tight_loop_never_hangs(collector: Collector) -> None:
     """The signal lands anywhere, including inside track() while it holds the queue's lock: the
     handler's shutdown() must still return within its timeout (repeated to catch the race)."""

@@ -110,6 +110,7 @@ def flipping_collector() -> Iterator[Collector]:
         collector.stop()
 
 
+@pytest.mark.slow  # make test runs it; the matrix cells skip it (CI time)
 def test_32_producers_against_a_flipping_collector(flipping_collector: Collector) -> None:
     """32 threads track as fast as they can for the whole run while the collector flips."""
     proc = subprocess.Popen(
