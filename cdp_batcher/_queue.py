@@ -161,7 +161,7 @@ class EventQueue:
     def offered(self) -> int:
         """Every offer (``stats().enqueued``): items appended, puts refused as full, and the
         offers counted by :meth:`count_offer_locked`. Read under ``lock``."""
-        return self.drained + len(self._items) + self.full_drops + self._unheld
+        return self.accepted + self.full_drops + self._unheld
 
     def drain_locked(self, max_events: int) -> list[Item]:
         """Remove up to ``max_events`` oldest items. The caller holds ``lock``."""

@@ -132,10 +132,11 @@ class HostRing:
         return self.hosts[start:] + self.hosts[:start]
 
     def answered(self, host: str) -> None:
-        index = self.hosts.index(host)
-        if index != self._preferred:
-            self._preferred = index
-            self._since = time.monotonic()
+        hosts = self.hosts
+        if hosts[self._preferred] == host:  # the usual answer: the preferred host, nothing changes
+            return
+        self._preferred = hosts.index(host)
+        self._since = time.monotonic()
 
 
 @dataclasses.dataclass
@@ -235,10 +236,8 @@ class Gateway:
             except TransportError as exc:
                 first = Try(host, (), error=exc)
             else:
-                if 200 <= answer.status < 300:
-                    ring = self.ring
-                    if ring.hosts[ring._preferred] != host:  # else answered() has nothing to change
-                        ring.answered(host)
+                if answer.ok:
+                    self.ring.answered(host)
                     return answer, None, "ok"
                 first = Try(host, (), answer=answer)
             if remaining is not None:

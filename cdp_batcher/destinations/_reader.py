@@ -63,8 +63,7 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
             return status, retry_after, rest[:length], keep_alive and len(rest) == length
     heads = 0
     rest = b""
-    while True:
-        end = buf.find(b"\r\n\r\n")
+    while True:  # ``end``: where buf's first head ends (found above, then after each 1xx)
         while end < 0:
             if len(buf) + heads > MAX_HEAD:
                 raise BadAnswer("head too long")
@@ -89,6 +88,7 @@ def read_answer(recv: Recv, head_only: bool, first: bytes = b"") -> tuple[int, O
             buf = rest or recv(RECV)
             if not buf:
                 raise BadAnswer("closed after an informational answer")
+            end = buf.find(b"\r\n\r\n")
             continue
         break
     head = buf[eol : end + 2]

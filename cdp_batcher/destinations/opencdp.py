@@ -198,7 +198,7 @@ class OpenCdpDestination(Destination):
         answer, error, reason = self.gateway.post(PATHS[item[0]], item[1], ctl.remaining())
         wall = time.perf_counter() - clock
         governor.record_since(wall, cpu)
-        if answer is not None and 200 <= answer.status < 300:
+        if answer is not None and answer.ok:
             outage.succeeded(sent_at)
             if done is None:  # a retry: resolved at once
                 ctl.delivered((item,))
