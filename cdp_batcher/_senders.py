@@ -61,11 +61,11 @@ class ConcurrencyGovernor:
         self._cpu = 0.0  # moving average of a request's CPU time
         self._count = 0  # requests started (cpu_start)
 
-    def record(self, wall: float, cpu: float) -> None:
-        """Record one request's wall and CPU time (success or failure)."""
+    def record(self, wall: float, cpu: float, requests: int = 1) -> None:
+        """Record ``requests`` requests (success or failure) of ``wall`` and ``cpu`` seconds each."""
         with self._lock:
             self._cpu = cpu if not self._walls else self._cpu + CPU_WEIGHT * (cpu - self._cpu)
-            self._walls.append(wall)
+            self._walls.extend((wall,) * min(requests, TIMED_REQUESTS))
 
     def cpu_start(self) -> Optional[float]:
         """The thread's CPU clock at a request's start, for one request in ``CPU_SAMPLE`` (the
@@ -73,13 +73,15 @@ class ConcurrencyGovernor:
         self._count = count = self._count + 1  # a lost update under a race only shifts the sample
         return time.thread_time() if count % CPU_SAMPLE == 1 or not self._walls else None
 
-    def record_since(self, wall: float, cpu_start: Optional[float]) -> None:
-        """Record a request of ``wall`` seconds; its CPU time too when ``cpu_start`` was read."""
+    def record_since(self, wall: float, cpu_start: Optional[float], requests: int = 1) -> None:
+        """Record a request of ``wall`` seconds; its CPU time too when ``cpu_start`` was read.
+        ``requests``: a group sent at once, ``wall`` and the CPU time since ``cpu_start`` each
+        request's share."""
         if cpu_start is not None:
-            self.record(wall, time.thread_time() - cpu_start)
+            self.record(wall, (time.thread_time() - cpu_start) / requests, requests)
         else:
             with self._lock:
-                self._walls.append(wall)
+                self._walls.extend((wall,) * min(requests, TIMED_REQUESTS))
 
     def hint(self) -> int:
         """ceil(fastest recent wall time / (1.5 * CPU time)), 1 to concurrency."""

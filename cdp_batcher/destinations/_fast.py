@@ -25,9 +25,10 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -171,6 +172,22 @@ class _Lane:
                 self.pool._put_conn(conn)
 
 
+class _Exchange:
+    """A request sent on a connection, its answer not read yet."""
+
+    __slots__ = ("conn", "deadline", "head_only", "lane", "sock", "timeout")
+
+    def __init__(
+        self, lane: _Lane, conn: Any, sock: Any, head_only: bool, deadline: float, timeout: float
+    ) -> None:
+        self.lane = lane
+        self.conn = conn
+        self.sock = sock
+        self.head_only = head_only
+        self.deadline = deadline
+        self.timeout = timeout
+
+
 class FastTransport:
     """Requests on the library's own Session through its adapter's urllib3 pools (see module)."""
 
@@ -285,6 +302,14 @@ class FastTransport:
     def _send(
         self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float, timeout: float
     ) -> Answer:
+        exchange = self._start(lane, head, method, body, deadline, timeout)
+        return exchange if isinstance(exchange, Answer) else self._finish(exchange)
+
+    def _start(
+        self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float, timeout: float
+    ) -> Any:
+        """Send one request: the :class:`_Exchange` whose answer is to be read, or the Answer
+        already read (a server that stopped reading the body and answered)."""
         pool = lane.pool
         conn = lane.take() if lane.idle else None
         if conn is None:
@@ -297,7 +322,7 @@ class FastTransport:
                     conn = pool._get_conn()
                 except Exception as exc:
                     raise classify(exc, sent=False) from None
-        reusable = sent = False
+        sent = False
         try:
             sock = conn.sock
             if sock is None:
@@ -330,28 +355,90 @@ class FastTransport:
                     )
                 except Exception:
                     raise exc from None
+                conn.close()
+                pool._put_conn(conn)
                 return _answer(status, retry_after, content)
-            if _clock() > deadline - timeout + _TIMEOUT_SLACK:  # the send took a while
+        except Exception as exc:
+            conn.close()
+            pool._put_conn(conn)
+            if _clock() >= deadline and sent:
+                raise classify(DeadlinePassed(), sent=True) from None
+            raise classify(exc, sent=sent) from None
+        return _Exchange(lane, conn, sock, method == "HEAD", deadline, timeout)
+
+    def _finish(self, exchange: _Exchange) -> Answer:
+        """Read the answer of a request :meth:`_start` sent; the connection is kept or closed."""
+        lane, conn, sock, deadline = exchange.lane, exchange.conn, exchange.sock, exchange.deadline
+        reusable = False
+        try:
+            if _clock() > deadline - exchange.timeout + _TIMEOUT_SLACK:  # the send took a while
                 _bound(sock, deadline)
             # The socket's timeout is the time left (within the slack): the first read of the
             # answer goes straight to the socket; later ones, if any, through the deadline again.
             first = sock.recv(RECV)
             status, retry_after, content, reusable = read_answer(
-                partial(_recv, sock, deadline), method == "HEAD", first
+                partial(_recv, sock, deadline), exchange.head_only, first
             )
         except Exception as exc:
-            if _clock() >= deadline and sent:
+            if _clock() >= deadline:
                 raise classify(DeadlinePassed(), sent=True) from None
-            raise classify(exc, sent=sent) from None
+            raise classify(exc, sent=True) from None
         finally:
             if reusable:
                 lane.give(conn)
             else:
                 conn.close()
-                pool._put_conn(conn)
+                lane.pool._put_conn(conn)
         if retry_after is None and status != 429 and status != 503:
             return Answer(status, None, content)
         return _answer(status, retry_after, content)
+
+    def request_group(
+        self,
+        method: str,
+        requests_: Sequence[tuple[str, Optional[bytes]]],
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> list[Union[Answer, TransportError]]:
+        """Send several requests (URL, body) on as many kept-alive connections, then read their
+        answers: one wait for all of them instead of one each. Each gets its answer or its
+        TransportError, in order, within ``timeout`` from now. At most one new connection is
+        opened per group (a connection is made while the others wait); past the connections
+        kept alive, the oldest request's answer is read first and its connection used again."""
+        deadline = _clock() + timeout
+        results: list[Union[Answer, TransportError, _Exchange, None]] = [None] * len(requests_)
+        waiting: deque[int] = deque()
+        opened = False
+        for index, (url, body) in enumerate(requests_):
+            try:
+                key = (url, method, id(headers), None)
+                cached = self._heads.get(key)
+                if cached is None or cached[0] is not headers:
+                    cached = self._prepare(key, headers, None)
+                lane = self._lanes.get(url) or self._resolve(url)
+                if not lane.direct:  # through a proxy: one after the other, each its own time
+                    results[index] = self._public.send_pool(
+                        lane.pool, lane.target, method, body, cached[2], _clock() + timeout, proxy=lane.proxy
+                    )
+                    continue
+                while waiting and not lane.idle and opened:  # no connection left: free the oldest
+                    self._collect(results, waiting.popleft())
+                opened = opened or not lane.idle
+                results[index] = self._start(lane, cached[1], method, body, deadline, timeout)
+                if isinstance(results[index], _Exchange):
+                    waiting.append(index)
+            except TransportError as exc:
+                results[index] = exc
+        while waiting:
+            self._collect(results, waiting.popleft())
+        return [r for r in results if isinstance(r, (Answer, TransportError))]
+
+    def _collect(self, results: list[Any], index: int) -> None:
+        try:
+            results[index] = self._finish(results[index])
+        except TransportError as exc:
+            results[index] = exc
 
     # ---------------------------------------------------------------------------- lifecycle
     def close(self) -> None:

@@ -217,34 +217,75 @@ class Gateway:
         """Queued events: one attempt across the hosts; the answer, or the error and reason of
         the last host. Moves to the next host on a network error or a non-2xx answer, except
         answers that say the request itself is bad (400, 401, 403, 404, 413, 422)."""
-        answer: Optional[Answer] = None
         hosts = self.ring.order()
         if not hosts or (remaining is not None and remaining <= 0):
-            rounds: Iterable[Try] = self.tries("POST", path, body, remaining=remaining, hosts=hosts)
+            return self._settle(path, self.tries("POST", path, body, remaining=remaining, hosts=hosts))
+        # The first host inline: the common case (its 2xx) makes no Try and no generator.
+        host, limit = hosts[0], self.timeout
+        start = time.monotonic()
+        try:
+            answer = self.http.request(
+                "POST",
+                host + path,
+                body=body,
+                headers=self.headers,
+                timeout=limit if remaining is None else min(limit, remaining),
+            )
+        except TransportError as exc:
+            first = Try(host, (), error=exc)
         else:
-            # The first host inline: the common case (its 2xx) makes no Try and no generator.
-            host, limit = hosts[0], self.timeout
-            start = time.monotonic()
-            try:
-                answer = self.http.request(
-                    "POST",
-                    host + path,
-                    body=body,
-                    headers=self.headers,
-                    timeout=limit if remaining is None else min(limit, remaining),
-                )
-            except TransportError as exc:
-                first = Try(host, (), error=exc)
+            if answer.ok:
+                self.ring.answered(host)
+                return answer, None, "ok"
+            first = Try(host, (), answer=answer)
+        if remaining is not None:
+            remaining -= time.monotonic() - start
+        return self._go_on(path, body, remaining, hosts, first)
+
+    def post_group(
+        self, requests_: Sequence[tuple[str, bytes]], remaining: Optional[float]
+    ) -> list[tuple[Optional[Answer], Optional[DeliveryError], str]]:
+        """:meth:`post` for several events (path, body) at once: all of them to the first host
+        together (:meth:`HttpTransport.request_group`), then, for each that did not get a 2xx,
+        the rest of its round over the other hosts, as :meth:`post` goes on."""
+        hosts = self.ring.order()
+        if not hosts or (remaining is not None and remaining <= 0):
+            return [self.post(path, body, remaining) for path, body in requests_]
+        host, limit = hosts[0], self.timeout
+        start = time.monotonic()
+        outcomes = self.http.request_group(
+            "POST",
+            [(host + path, body) for path, body in requests_],
+            headers=self.headers,
+            timeout=limit if remaining is None else min(limit, remaining),
+        )
+        if remaining is not None:
+            remaining -= time.monotonic() - start
+        results: list[tuple[Optional[Answer], Optional[DeliveryError], str]] = []
+        for (path, body), outcome in zip(requests_, outcomes):
+            if isinstance(outcome, TransportError):
+                first = Try(host, (), error=outcome)
+            elif outcome.ok:
+                self.ring.answered(host)
+                results.append((outcome, None, "ok"))
+                continue
             else:
-                if answer.ok:
-                    self.ring.answered(host)
-                    return answer, None, "ok"
-                first = Try(host, (), answer=answer)
-            if remaining is not None:
-                remaining -= time.monotonic() - start
-            rest = self.tries("POST", path, body, remaining=remaining, hosts=hosts[1:], tried=(host,))
-            rounds = itertools.chain((first,), rest)
-            answer = None
+                first = Try(host, (), answer=outcome)
+            results.append(self._go_on(path, body, remaining, hosts, first))
+        return results
+
+    def _go_on(
+        self, path: str, body: Optional[bytes], remaining: Optional[float], hosts: Sequence[str], first: Try
+    ) -> tuple[Optional[Answer], Optional[DeliveryError], str]:
+        """The rest of a round after the first host's outcome ``first`` (not a 2xx)."""
+        rest = self.tries("POST", path, body, remaining=remaining, hosts=hosts[1:], tried=(first.host,))
+        return self._settle(path, itertools.chain((first,), rest))
+
+    @staticmethod
+    def _settle(path: str, rounds: Iterable[Try]) -> tuple[Optional[Answer], Optional[DeliveryError], str]:
+        """Walk a round's outcomes to the end of :meth:`post`: the first 2xx or final answer,
+        else the last host's error."""
+        answer: Optional[Answer] = None
         error: Optional[DeliveryError] = None
         reason = "no_host"
         for t in rounds:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 import requests
 import requests.adapters
@@ -86,6 +86,41 @@ class HttpTransport:
             raise
         except Exception as exc:  # a path's own bug must not leave the transport either
             raise classify(exc, sent=True) from None
+
+    @property
+    def groups(self) -> bool:
+        """Whether :meth:`request_group` sends a group at once (the fast path, once chosen)."""
+        return isinstance(self._path, FastTransport)
+
+    def request_group(
+        self,
+        method: str,
+        requests_: Sequence[tuple[str, Optional[bytes]]],
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> list[Union[Answer, TransportError]]:
+        """Several requests (URL, body), each its answer or its TransportError, in order.
+
+        On the fast path (:attr:`groups`) they are all sent on kept-alive connections before
+        their answers are read (:meth:`FastTransport.request_group`), ``timeout`` counting from
+        now for each; otherwise one after the other, each with its own ``timeout``.
+        """
+        path = self._path
+        if isinstance(path, FastTransport):
+            try:
+                return path.request_group(method, requests_, headers=headers, timeout=timeout)
+            except TransportError as exc:
+                return [exc] * len(requests_)
+            except Exception as exc:  # a path's own bug must not leave the transport either
+                return [classify(exc, sent=True)] * len(requests_)
+        results: list[Union[Answer, TransportError]] = []
+        for url, body in requests_:
+            try:
+                results.append(self.request(method, url, body=body, headers=headers, timeout=timeout))
+            except TransportError as exc:
+                results.append(exc)
+        return results
 
     def _choose(self, url: str) -> Transport:
         """The capability check, at the first request: the fast path, else a public one."""

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import requests
 
+from .. import _concurrency
 from .._errors import DeliveryError
 from .._event import (
     IDENTIFY,
@@ -59,6 +60,10 @@ class _Retrying:
 #: RESOLVE_AFTER each event is resolved as it is delivered (and what was waiting with it).
 RESOLVE_EVERY = 16
 RESOLVE_AFTER = 0.01
+#: A sender sends up to this many events of its run at once, each on its own kept-alive
+#: connection, then reads their answers (:meth:`Gateway.post_group`): one wait for the group
+#: instead of one per event. Every request in flight counts against ``max_concurrent_requests``.
+GROUP = 8
 
 
 class _Delivered:
@@ -107,6 +112,12 @@ class OpenCdpDestination(Destination):
     ) -> None:
         self.concurrency = concurrency
         self.governor = ConcurrencyGovernor(concurrency)
+        #: Requests in flight (a sender's own one, and its group's others): at most concurrency.
+        self._in_flight = 0
+        self._flight = _concurrency.condition()
+        #: Groups are sent only while the last requests went well (up, and answered 2xx): an
+        #: outage or a failing host meets one request per event, as before groups.
+        self._grouping = True
         self._policy = policy
         self._http = HttpTransport(session, pool_size=concurrency)
         headers = {"Authorization": api_key, "Content-Type": "application/json"}
@@ -138,11 +149,28 @@ class OpenCdpDestination(Destination):
     # -------------------------------------------------------------------------------- sending
     def send(self, items: Sequence[Item], ctl: SendControl) -> None:
         """Send a run of events one request each. An event that must be retried waits out its
-        backoff while the rest of the run goes ahead: one failing event never holds up others."""
+        backoff while the rest of the run goes ahead: one failing event never holds up others.
+        While the gateway answers well, up to GROUP events go at once (see GROUP)."""
         done = _Delivered(ctl)
+        retrying: list[_Retrying] = []
+        self._enter(ctl)
         try:
-            retrying = [state for state in (self._attempt(item, None, ctl, done) for item in items) if state]
+            i, count = 0, len(items)
+            while i < count:
+                extra = self._reserve(count - i - 1)
+                if not extra:
+                    state = self._attempt(items[i], None, ctl, done)
+                    if state is not None:
+                        retrying.append(state)
+                    i += 1
+                    continue
+                try:
+                    retrying.extend(self._attempt_group(items[i : i + extra + 1], ctl, done))
+                finally:
+                    self._leave(extra)
+                i += extra + 1
         finally:
+            self._leave(1)
             done.resolve()
         while retrying:
             due = min(state.due for state in retrying)
@@ -161,6 +189,53 @@ class OpenCdpDestination(Destination):
                 if again is not None:
                     later.append(again)
             retrying = later
+
+    def _enter(self, ctl: SendControl) -> None:
+        """Count this sender's own request in flight; while other senders' groups use every
+        request ``max_concurrent_requests`` allows, wait for one to end (a group's requests,
+        each within the timeout on each host; at most until the run's deadline)."""
+        flight = self._flight
+        with flight:
+            if self._in_flight >= self.concurrency:
+                limit = self.gateway.timeout * (len(self.ring.hosts) + 1)
+                remaining = ctl.remaining()
+                flight.wait_for(
+                    lambda: self._in_flight < self.concurrency,
+                    limit if remaining is None else max(0.0, min(limit, remaining)),
+                )
+            self._in_flight += 1
+
+    def _leave(self, requests: int) -> None:
+        with self._flight:
+            self._in_flight -= requests
+            self._flight.notify_all()
+
+    def _reserve(self, wanted: int) -> int:
+        """How many more requests (up to ``wanted``) this sender may send along with its own:
+        none unless groups are on, else what ``max_concurrent_requests`` leaves, up to GROUP - 1."""
+        if wanted <= 0 or not self._grouping or self.outage.down or not self._http.groups:
+            return 0
+        with self._flight:
+            extra = max(0, min(wanted, GROUP - 1, self.concurrency - self._in_flight))
+            self._in_flight += extra
+        return extra
+
+    def _attempt_group(self, items: Sequence[Item], ctl: SendControl, done: _Delivered) -> list[_Retrying]:
+        """First attempts of several events at once (:meth:`Gateway.post_group`); each outcome is
+        then taken as :meth:`_attempt` takes one. Returns the events to try again."""
+        started = time.monotonic()
+        sent_at = self.outage.now()
+        governor = self.governor
+        clock, cpu = time.perf_counter(), governor.cpu_start()
+        outcomes = self.gateway.post_group([(PATHS[item[0]], item[1]) for item in items], ctl.remaining())
+        wall = time.perf_counter() - clock  # each request's answer came within it
+        governor.record_since(wall / len(items), cpu, len(items))  # the link's pace: a share each
+        later: list[_Retrying] = []
+        for item, (answer, error, reason) in zip(items, outcomes):
+            state = self._outcome(item, None, ctl, done, started, sent_at, wall, answer, error, reason)
+            if state is not None:
+                later.append(state)
+        return later
 
     def concurrency_hint(self) -> int:
         """Senders worth running now (the governor's reading of the last requests)."""
@@ -198,13 +273,33 @@ class OpenCdpDestination(Destination):
         answer, error, reason = self.gateway.post(PATHS[item[0]], item[1], ctl.remaining())
         wall = time.perf_counter() - clock
         governor.record_since(wall, cpu)
+        return self._outcome(item, state, ctl, done, started, sent_at, wall, answer, error, reason)
+
+    def _outcome(
+        self,
+        item: Item,
+        state: Optional[_Retrying],
+        ctl: SendControl,
+        done: Optional[_Delivered],
+        started: float,
+        sent_at: float,
+        wall: float,
+        answer: Optional[Answer],
+        error: Optional[DeliveryError],
+        reason: str,
+    ) -> Optional[_Retrying]:
+        """An attempt's outcome: the event resolved (delivered or failed), or its retry state."""
+        policy = self._policy
+        outage = self.outage
         if answer is not None and answer.ok:
+            self._grouping = True
             outage.succeeded(sent_at)
             if done is None:  # a retry: resolved at once
                 ctl.delivered((item,))
             else:
                 done.add(item, wall)
             return None
+        self._grouping = False
         if state is None:
             state = _Retrying(item, policy.delays(), started)
         state.sent = True
@@ -277,6 +372,8 @@ class OpenCdpDestination(Destination):
         return self._http
 
     def after_fork(self) -> None:
+        self._flight = _concurrency.condition()
+        self._in_flight = 0
         self._http.after_fork()
         self.governor.after_fork()
         self.outage.after_fork()
