@@ -2,7 +2,9 @@
 
 Requests go through the destination's :class:`Gateway` (host ring and failover loop); how many
 senders are worth running follows the link (:class:`ConcurrencyGovernor`, read by the route
-through :meth:`OpenCdpDestination.concurrency_hint`).
+through :meth:`OpenCdpDestination.concurrency_hint`). A sender's run goes out in groups of up to
+``GROUP`` events sent before their answers are read (one wait per group, not per event), with
+every sender's requests together within ``max_concurrent_requests``.
 """
 
 from __future__ import annotations
