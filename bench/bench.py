@@ -807,6 +807,11 @@ HOST_CALLS = (1, 10)
 #: requests/s (wrk's delay() hook; the Python generator sleeps likewise), well under what the
 #: app serves without tracking, so that what tracking costs shows as latency and CPU time.
 HOST_RATE = 400
+#: Each load lasts this long (about 1,000 requests), and each configuration is measured in this
+#: many rounds (its figures are the medians): one short run's p99 is its ~6th-worst request,
+#: and on a loaded 2-core machine runs of one configuration differ by 2x in p99.
+HOST_SECONDS = 3
+HOST_REPEATS = 3
 _WRK_SCRIPT = """
 local pause = tonumber(os.getenv("BENCH_PAUSE_MS") or "0")
 delay = function()
@@ -842,10 +847,13 @@ def _session_cpu(sid: int) -> float:
 class HostApp:
     """Start the host app under gunicorn per (server, tracker), load it, read requests/s and latency."""
 
-    def __init__(self, sink: Sink, runner: Runner, seconds: int, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, sink: Sink, runner: Runner, seconds: int, repeats: int, say: Callable[[str], None]
+    ) -> None:
         self.sink = sink
         self.runner = runner
         self.seconds = seconds
+        self.repeats = repeats
         self.say = say
         # BENCH_LOADGEN=python: the Python load generator even where wrk is installed
         self.wrk = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
@@ -920,54 +928,72 @@ class HostApp:
             last = now
 
     def measure(self) -> dict[str, Any]:
-        results: dict[str, Any] = {}
-        for server, (_, connections) in HOST_SERVERS.items():
-            # no tracking first and last: the better of the two is the baseline
-            for tracker in ("none", *HOST_TRACKERS, "none"):
-                self.sink.set_delay(0.0)
-                try:
-                    proc, url = self.start(server, tracker)
-                except RuntimeError as exc:
-                    results[f"host/{server}/{tracker}"] = {"error": str(exc)}
-                    continue
-                try:
-                    for _ in range(50):  # warm: first requests, the library's threads and connections
-                        _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
-                    plan = (
-                        [(0.0, 0)]
-                        if tracker == "none"
-                        else [(d, n) for d in (0.0, LATENCY) for n in HOST_CALLS]
-                    )
-                    for delay, calls in plan:
-                        self.sink.set_delay(delay)
-                        self.quiesce()
-                        cpu0 = _session_cpu(proc.pid)
-                        got = self.load(url, f"/track/{calls}", connections, self.seconds)
-                        if got.get("requests"):
-                            got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
-                        key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
-                        if tracker == "none" and key in results and "rps" in results[key] and "rps" in got:
-                            first = results[key]
-                            got = {
-                                **got,
-                                "rps": max(first["rps"], got["rps"]),
-                                "p50_us": min(first["p50_us"], got["p50_us"]),
-                                "p99_us": min(first["p99_us"], got["p99_us"]),
-                                "cpu_us": min(first.get("cpu_us", 1e9), got.get("cpu_us", 1e9)),
-                                "runs": 2,
-                            }
-                        results[key] = got
-                        self.say(f"  {key:<28} {got}")
-                finally:
-                    self.sink.set_delay(0.0)
-                    self.stop(proc)
+        """``repeats`` rounds; in each, every (server, tracker) is started afresh and loaded
+        through its plan, the trackers in an order that turns by one each round (a slow phase
+        of the machine falls on different trackers). Each figure is the median over the rounds;
+        ``samples`` keeps every round's p99."""
+        samples: dict[str, list[dict[str, Any]]] = {}
+        errors: dict[str, Any] = {}
+        trackers = ("none", *HOST_TRACKERS)
+        for round_ in range(self.repeats):
+            turn = round_ % len(trackers)
+            for server, (_, connections) in HOST_SERVERS.items():
+                for tracker in trackers[turn:] + trackers[:turn]:
+                    self._round(server, tracker, connections, samples, errors)
+        results: dict[str, Any] = dict(errors)
+        for key, runs in samples.items():
+            results[key] = _median_run(runs)
         return results
+
+    def _round(
+        self,
+        server: str,
+        tracker: str,
+        connections: int,
+        samples: dict[str, list[dict[str, Any]]],
+        errors: dict[str, Any],
+    ) -> None:
+        self.sink.set_delay(0.0)
+        try:
+            proc, url = self.start(server, tracker)
+        except RuntimeError as exc:
+            errors[f"host/{server}/{tracker}"] = {"error": str(exc)}
+            return
+        try:
+            for _ in range(50):  # warm: first requests, the library's threads and connections
+                _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
+            plan = [(0.0, 0)] if tracker == "none" else [(d, n) for d in (0.0, LATENCY) for n in HOST_CALLS]
+            for delay, calls in plan:
+                self.sink.set_delay(delay)
+                self.quiesce()
+                cpu0 = _session_cpu(proc.pid)
+                got = self.load(url, f"/track/{calls}", connections, self.seconds)
+                key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
+                if not got.get("requests"):
+                    errors.setdefault(key, got if "error" in got else {"error": "no requests answered"})
+                    continue
+                got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
+                samples.setdefault(key, []).append(got)
+                self.say(f"  {key:<28} {got}")
+        finally:
+            self.sink.set_delay(0.0)
+            self.stop(proc)
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per field: the median over the rounds (each field on its own)."""
+    got: dict[str, Any] = {"runs": len(runs), "p99_samples": [r["p99_us"] for r in runs]}
+    for field in ("rps", "p50_us", "p99_us", "cpu_us", "requests", "errors"):
+        values = [r[field] for r in runs if field in r]
+        if values:
+            got[field] = statistics.median(values)
+    return got
 
 
 def measure_host(
     args: argparse.Namespace, sink: Sink, runner: Runner, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    host = HostApp(sink, runner, 1 if args.quick else 2, say)
+    host = HostApp(sink, runner, 1 if args.quick else HOST_SECONDS, 1 if args.quick else HOST_REPEATS, say)
     try:
         say(f"host app: gunicorn + Flask, {host.generator}")
         results = host.measure()
@@ -1288,7 +1314,7 @@ def host_table(results: dict[str, Any]) -> list[str]:
     app's CPU per request, each with its ratio to the same server without tracking."""
     head = (
         f"{'server':<8}{'gateway':<9}{'calls':>5}  {'library':<18}{'req/s':>7}{'x':>6}"
-        f"{'p50 µs':>9}{'x':>6}{'p99 µs':>9}{'x':>6}{'CPU µs/req':>12}{'x':>6}"
+        f"{'p50 µs':>9}{'x':>6}{'p99 µs':>9}{'x':>6}{'CPU µs/req':>12}{'x':>6}  {'p99 per round':<15}"
     )
     lines = [head, "-" * len(head)]
     fields = (("rps", 7), ("p50_us", 9), ("p99_us", 9), ("cpu_us", 12))
@@ -1305,6 +1331,9 @@ def host_table(results: dict[str, Any]) -> list[str]:
                 if got is not base
                 else f"{'':>6}"
             )
+        rounds = got.get("p99_samples") or []
+        if len(rounds) > 1:
+            text += f"  {_fmt(min(rounds))}-{_fmt(max(rounds))}"
         return text.rstrip()
 
     for server in HOST_SERVERS:
@@ -1406,7 +1435,9 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
             f"host app: bench/host_app.py (Flask) under gunicorn (sync: -w 2, 2 connections; gthread: -w 2 "
             f"--threads 4, 8 connections), {results.get('host/generator', '?')}, at most {HOST_RATE} req/s "
             "offered; x = ratio to the same server without tracking; CPU = the app's processes (workers "
-            "and their tracking threads), not the sink's",
+            "and their tracking threads), not the sink's; each figure the median of "
+            f"{max((results[k].get('runs', 1) for k in host if isinstance(results[k], dict)), default=1)} "
+            "rounds (every configuration started afresh in each, the order turned by one each round)",
             "",
             *host_table(results),
             "",

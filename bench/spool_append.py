@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 from cdp_batcher._event import OpenCdpTrack, encode
 from cdp_batcher._queue import EventQueue
@@ -53,7 +54,7 @@ def main() -> None:
             lock = stream.lock
             append = stream.append_locked
 
-            def put(item: tuple[int, bytes]) -> None:
+            def put(item: tuple[int, bytes], lock: Any = lock, append: Any = append) -> None:
                 with lock:
                     append(item[0], item[1])
 
