@@ -1418,7 +1418,9 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
     ceiling = results.get("ceiling", {})
     load = results.get("load", {})
     lines = [
-        f"cdp_batcher benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, `make bench` ({elapsed:.0f} s)",
+        f"cdp_batcher benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+        f"`{'make bench-host' if not any(k.startswith('caller/') for k in results) else 'make bench'}` "
+        f"({elapsed:.0f} s)",
         f"machine: {_machine()}; load average {load.get('start', '?')} at start, {load.get('end', '?')} at end",
         f"versions: {_versions()}",
         f"sink: bench/sink.py, asyncio, 1 process on 127.0.0.1; ceiling {_fmt(ceiling.get('sink'))} req/s "
