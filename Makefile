@@ -63,7 +63,7 @@ bench: $(BENCH_STAMP)
 	@$(WRK_OR_FALLBACK)
 	$(BENCH_PY) bench/bench.py $(BENCH_ARGS)
 
-# Only the host-app rows (gunicorn + Flask under a bounded load, 3 rounds; about eight minutes).
+# Only the host-app rows (gunicorn + Flask under a bounded load, 3 rounds; about six and a half minutes).
 bench-host: $(BENCH_STAMP)
 	@$(WRK_OR_FALLBACK)
 	$(BENCH_PY) bench/bench.py --host-app-only $(BENCH_ARGS)

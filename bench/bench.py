@@ -930,35 +930,34 @@ class HostApp:
     def measure(self) -> dict[str, Any]:
         """``repeats`` rounds; in each, every (server, tracker) is started afresh and loaded
         through its plan, the trackers in an order that turns by one each round (a slow phase
-        of the machine falls on different trackers). Each figure is the median over the rounds;
-        ``samples`` keeps every round's p99."""
+        of the machine falls on different trackers). Each figure is the median over the rounds
+        that answered (``p99_samples``: every such round's p99); a key no round answered keeps
+        its first error."""
         samples: dict[str, list[dict[str, Any]]] = {}
-        errors: dict[str, Any] = {}
+        results: dict[str, Any] = {}
         trackers = ("none", *HOST_TRACKERS)
         for round_ in range(self.repeats):
             turn = round_ % len(trackers)
             for server, (_, connections) in HOST_SERVERS.items():
                 for tracker in trackers[turn:] + trackers[:turn]:
-                    self._round(server, tracker, connections, samples, errors)
-        results: dict[str, Any] = dict(errors)
+                    for key, got in self.measure_one(server, tracker, connections).items():
+                        if "error" in got:
+                            results.setdefault(key, got)
+                        else:
+                            samples.setdefault(key, []).append(got)
         for key, runs in samples.items():
             results[key] = _median_run(runs)
         return results
 
-    def _round(
-        self,
-        server: str,
-        tracker: str,
-        connections: int,
-        samples: dict[str, list[dict[str, Any]]],
-        errors: dict[str, Any],
-    ) -> None:
+    def measure_one(self, server: str, tracker: str, connections: int) -> dict[str, dict[str, Any]]:
+        """Start one (server, tracker), load it through its plan, stop it: a figure (or an
+        error) per key."""
         self.sink.set_delay(0.0)
         try:
             proc, url = self.start(server, tracker)
         except RuntimeError as exc:
-            errors[f"host/{server}/{tracker}"] = {"error": str(exc)}
-            return
+            return {f"host/{server}/{tracker}": {"error": str(exc)}}
+        figures: dict[str, dict[str, Any]] = {}
         try:
             for _ in range(50):  # warm: first requests, the library's threads and connections
                 _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
@@ -969,15 +968,16 @@ class HostApp:
                 cpu0 = _session_cpu(proc.pid)
                 got = self.load(url, f"/track/{calls}", connections, self.seconds)
                 key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
-                if not got.get("requests"):
-                    errors.setdefault(key, got if "error" in got else {"error": "no requests answered"})
-                    continue
-                got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
-                samples.setdefault(key, []).append(got)
+                if got.get("requests"):
+                    got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
+                elif "error" not in got:
+                    got = {"error": "no requests answered"}
+                figures[key] = got
                 self.say(f"  {key:<28} {got}")
         finally:
             self.sink.set_delay(0.0)
             self.stop(proc)
+        return figures
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -998,6 +998,7 @@ def measure_host(
         say(f"host app: gunicorn + Flask, {host.generator}")
         results = host.measure()
         results["host/generator"] = host.generator
+        results["host/rounds"] = host.repeats
         return results
     finally:
         host.close()
@@ -1414,13 +1415,18 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-def report(results: dict[str, Any], elapsed: float) -> list[str]:
+def _command(argv: list[str]) -> str:
+    """The make command that runs bench.py with ``argv`` (bench-host is --host-app-only)."""
+    extra = [a for a in argv if a != "--host-app-only"]
+    base = "make bench-host" if "--host-app-only" in argv else "make bench"
+    return base + (f" BENCH_ARGS='{' '.join(extra)}'" if extra else "")
+
+
+def report(results: dict[str, Any], elapsed: float, command: str) -> list[str]:
     ceiling = results.get("ceiling", {})
     load = results.get("load", {})
     lines = [
-        f"cdp_batcher benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-        f"`{'make bench-host' if not any(k.startswith('caller/') for k in results) else 'make bench'}` "
-        f"({elapsed:.0f} s)",
+        f"cdp_batcher benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, `{command}` ({elapsed:.0f} s)",
         f"machine: {_machine()}; load average {load.get('start', '?')} at start, {load.get('end', '?')} at end",
         f"versions: {_versions()}",
         f"sink: bench/sink.py, asyncio, 1 process on 127.0.0.1; ceiling {_fmt(ceiling.get('sink'))} req/s "
@@ -1431,15 +1437,15 @@ def report(results: dict[str, Any], elapsed: float) -> list[str]:
     ]
     if "caller/cdp" in results:
         lines += [*table(results), "", *dual_table(results), ""]
-    host = [k for k in results if k.startswith("host/")]
-    if host:
+    if any(k.startswith("host/") for k in results):
+        rounds = results.get("host/rounds", 1)
         lines += [
             f"host app: bench/host_app.py (Flask) under gunicorn (sync: -w 2, 2 connections; gthread: -w 2 "
             f"--threads 4, 8 connections), {results.get('host/generator', '?')}, at most {HOST_RATE} req/s "
             "offered; x = ratio to the same server without tracking; CPU = the app's processes (workers "
             "and their tracking threads), not the sink's; each figure the median of "
-            f"{max((results[k].get('runs', 1) for k in host if isinstance(results[k], dict)), default=1)} "
-            "rounds (every configuration started afresh in each, the order turned by one each round)",
+            f"{rounds} round{'s' if rounds != 1 else ''} (every configuration started afresh in each, "
+            "the order turned by one each round)",
             "",
             *host_table(results),
             "",
@@ -1524,7 +1530,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     results = measure(args)
-    lines = report(results, time.monotonic() - started)
+    lines = report(results, time.monotonic() - started, _command(sys.argv[1:]))
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
