@@ -76,17 +76,21 @@ class Deadline:
 
     def __init__(self) -> None:
         self.at: Optional[float] = None
+        #: No wait is worth making (a spooled route shutting down: what fails stays on disk).
+        self.no_waits = False
         self.make_sync()
 
     def make_sync(self) -> None:
         """(Re)make the condition from the threading module in force (only while nobody waits)."""
         self._cond = _concurrency.condition()
 
-    def set(self, deadline: float) -> None:
-        """Set (or bring forward) the deadline and wake every wait."""
+    def set(self, deadline: float, *, no_waits: bool = False) -> None:
+        """Set (or bring forward) the deadline and wake every wait; ``no_waits`` ends every
+        wait, now and later, at once."""
         with self._cond:
             if self.at is None or deadline < self.at:
                 self.at = deadline
+            self.no_waits = self.no_waits or no_waits
             self._cond.notify_all()
 
     def time_left(self) -> Optional[float]:
@@ -108,7 +112,7 @@ class Deadline:
         with self._cond:
             while True:
                 at = self.at
-                if at is not None and at - RESOLVE_MARGIN < end:
+                if self.no_waits or (at is not None and at - RESOLVE_MARGIN < end):
                     return False
                 left = end - _monotonic()
                 if left <= 0:
@@ -648,7 +652,10 @@ class Route:
             # The destination is down (its last units were given back): nothing to wait for, the
             # records are on disk. The process exits fast (a deploy), nothing lost.
             deadline = min(deadline, _monotonic())
-        self._deadline.set(deadline)  # first: whoever sees the route stopping sees its deadline
+        # First: whoever sees the route stopping sees its deadline. With a spool no retry waits
+        # (a backoff, a Retry-After, an outage's probe): each queued event gets its attempt and
+        # what fails for a transient reason stays on disk for the next process.
+        self._deadline.set(deadline, no_waits=spool is not None)
         with self._lock:
             self._stopping = True
         self._wake.set()

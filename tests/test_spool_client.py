@@ -100,6 +100,35 @@ def test_delivered_records_leave_the_disk(collector: Collector, tmp_path: Path) 
     assert list(tmp_path.rglob("*")) == []
 
 
+def test_shutdown_makes_no_retry_waits_with_a_spool(collector: Collector, tmp_path: Path) -> None:
+    """A gateway that answers 429 + Retry-After: 8 while the process shuts down: with a spool,
+    shutdown gives each event its attempt and waits for no retry (the records stay on disk),
+    well before the Retry-After; the next client delivers each event once."""
+    collector.rate_limit_next(10_000, "8")
+    client = spool_client(collector, tmp_path, shutdown_timeout=20.0, retry_max_time=60.0, max_retries=5)
+    for i in range(50):
+        client.track("u", "evt", {"n": i})
+    started = time.monotonic()
+    report = client.shutdown()
+    elapsed = time.monotonic() - started
+    assert elapsed < 4.0, elapsed  # waiting out the Retry-After would take 8 s or more
+    assert report.spooled == 50 and report.dropped == 0 and report.failed == 0
+    assert any(r.status == 429 for r in collector.requests)  # attempts were made
+    assert collector.count() == 0
+    collector.reset_faults()
+    again = spool_client(collector, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while collector.count() < 50 and time.monotonic() < deadline:
+            again.flush(2)
+        assert sorted(numbers(collector)) == list(range(50))
+        s = again.stats()
+        assert s.recovered == 50
+        assert_accounted(s)
+    finally:
+        again.shutdown()
+
+
 def test_gateway_down_shutdown_keeps_records_and_next_client_delivers(
     collector: Collector, tmp_path: Path
 ) -> None:
