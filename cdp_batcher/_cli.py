@@ -483,6 +483,7 @@ def _run_spool_drain(args: argparse.Namespace, console: _Console) -> int:
     console.progress = progress
     deadline = time.monotonic() + args.timeout
     done = 0
+    spool = client._spool
     try:
         while time.monotonic() < deadline:
             report = client.flush(timeout=min(2.0, max(0.0, deadline - time.monotonic())))
@@ -490,10 +491,14 @@ def _run_spool_drain(args: argparse.Namespace, console: _Console) -> int:
             done = sum(d.delivered + d.failed_total for d in stats.destinations.values())
             if progress is not None:
                 progress.update(done, done, _delivered_text(client)(), force=True)
-            # Done when nothing is on disk here and no dead owner is left to adopt (the client's
-            # spool adopts in the background, within a second).
-            if report and stats.spooled == 0 and not _dead_records(args.dir):
-                break
+            # Done when nothing is on disk here and no dead owner is left to adopt. The client's
+            # spool adopts in the background; a pass under way has locked an owner (inspect sees
+            # it alive) before its records count in stats, so finish a pass here before deciding.
+            if report and stats.spooled == 0:
+                if spool is not None and spool.adopt_now():
+                    continue  # adopted here: deliver those first
+                if client.stats().spooled == 0 and not _dead_records(args.dir):
+                    break
     finally:
         final = client.shutdown(timeout=2.0)
         if progress is not None:

@@ -272,6 +272,42 @@ def test_dead_owner_adopted_acked_records_not_redelivered(tmp_path: Path) -> Non
     assert files(tmp_path) == []
 
 
+def test_adopt_now_waits_for_a_pass_under_way(tmp_path: Path) -> None:
+    """A background pass has locked a dead owner but not yet put its records in the stream
+    (inspect already sees that owner alive): adopt_now() returns only after that pass, with
+    the records counted. spool drain decides it is done on this, so it never exits with records
+    half-adopted (seen in CI: 'drain exit 1', 50 records recovered right after it gave up)."""
+    spool = open_spool(tmp_path)
+    for i in range(20):
+        spool.streams[DEST].append(1, body(i))
+    abandon(spool)
+    again = open_spool(tmp_path)
+    stream = again.streams[DEST]
+    locked, release = threading.Event(), threading.Event()
+    real = stream.adopt_locked
+
+    def slow_adopt(log: Any, live: Any) -> None:
+        locked.set()
+        release.wait(10)
+        real(log, live)
+
+    stream.adopt_locked = slow_adopt  # type: ignore[method-assign]
+    background = threading.Thread(target=again.scan)
+    background.start()
+    assert locked.wait(10)
+    result: list[int] = []
+    caller = threading.Thread(target=lambda: result.append(again.adopt_now()))
+    caller.start()
+    caller.join(0.3)
+    assert caller.is_alive()  # waits for the pass under way, rather than returning 0 at once
+    release.set()
+    caller.join(10)
+    background.join(10)
+    assert result == [0] and len(stream) == 20  # the background pass adopted them all
+    assert drain(again) == list(range(20))
+    again.close()
+
+
 def test_live_owner_not_adopted(tmp_path: Path) -> None:
     """Files whose owner holds its lock are left alone."""
     a = open_spool(tmp_path)

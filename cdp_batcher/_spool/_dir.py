@@ -114,6 +114,7 @@ class Spool:
     # ------------------------------------------------------------------------------ owners
     def _reset_owner(self) -> None:
         self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()  # one adoption pass at a time (see adopt_now)
         self.pid = os.getpid()
         self.owner = f"o-{self.pid}-{secrets.token_hex(4)}"
         self.owner_dir = os.path.join(self.path, self.owner)
@@ -170,8 +171,20 @@ class Spool:
         self._locks.clear()
 
     # ---------------------------------------------------------------------------- adoption
+    def adopt_now(self) -> int:
+        """An adoption pass in the calling thread, after any pass under way has ended: on return
+        every dead owner's records this process could lock are in its streams (counted in
+        ``stats().spooled``). Returns the records this pass adopted."""
+        if self._closed or self.pid != os.getpid():
+            return 0
+        return self.scan()
+
     def scan(self) -> int:
         """Adopt the files of dead owners for this spool's destinations; returns records adopted."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> int:
         ops = self.ops
         try:
             listing = ops.listdir(self.path)
