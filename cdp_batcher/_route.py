@@ -123,10 +123,16 @@ class Deadline:
 class UnitControl:
     """The :class:`SendControl` handed to a destination with one unit."""
 
-    __slots__ = ("_base", "_deadline", "_ledger", "_reporter", "first_error", "unresolved")
+    __slots__ = ("_base", "_deadline", "_ledger", "_reporter", "first_error", "unhurried", "unresolved")
 
     def __init__(
-        self, ledger: Ledger, reporter: FailureReporter, deadline: Deadline, base: Optional[int], count: int
+        self,
+        ledger: Ledger,
+        reporter: FailureReporter,
+        deadline: Deadline,
+        base: Optional[int],
+        count: int,
+        unhurried: Callable[[], bool],
     ) -> None:
         self._ledger = ledger
         self._reporter = reporter
@@ -134,6 +140,7 @@ class UnitControl:
         self._base = base
         self.unresolved = count
         self.first_error: Optional[tuple[str, BaseException]] = None
+        self.unhurried = unhurried
 
     def remaining(self) -> Optional[float]:
         return self._deadline.remaining()
@@ -324,7 +331,17 @@ class Route:
         return self.queue.put(item)
 
     def _control(self, base: Optional[int], count: int) -> UnitControl:
-        return UnitControl(self.ledger, self._reporter, self._deadline, base, count)
+        return UnitControl(self.ledger, self._reporter, self._deadline, base, count, self._unhurried)
+
+    def _unhurried(self) -> bool:
+        """Nobody waits for what is sent now: no shutdown, no flush pending, the queue less than
+        half full (producers outrunning a paced sender get every request at full speed)."""
+        if self._stopping:
+            return False
+        with self._lock:
+            if self._flush_target and not self.ledger.done(self._flush_target):
+                return False
+            return len(self.queue) < self._max_queue_size // 2
 
     # ------------------------------------------------------------------------------ producers
     @property

@@ -344,6 +344,9 @@ class _RecordingControl:
     def warn(self, key: str, message: str) -> None:
         pass
 
+    def unhurried(self) -> bool:
+        return False
+
 
 def test_a_run_of_events_is_resolved_in_groups_not_one_by_one(
     collector: Collector, monkeypatch: pytest.MonkeyPatch

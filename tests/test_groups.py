@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cdp_batcher.destinations import opencdp
 from cdp_batcher.destinations._http import Answer, HttpTransport, TransportError
 from cdp_batcher.testing import Collector
 
@@ -211,3 +212,72 @@ def test_a_failing_gateway_turns_groups_off(collector: Collector, make_client: M
     assert 1 <= len(failed) <= 8 + 6, len(failed)
     seqs = [e["body"]["properties"]["seq"] for e in collector.events()]
     assert sorted(seqs) == list(range(100, 116))
+
+
+class _Paces:
+    """Counts the pauses a sender makes after its groups (opencdp._pace), without pausing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        monkeypatch.setattr(opencdp, "_pace", self._pace)
+
+    def _pace(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def test_background_runs_pause_after_each_group(
+    collector: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events nobody waits for (no flush, no shutdown, the queue nearly empty) go out in groups
+    with a pause after each but the last of a run; every event arrives once."""
+    paces = _Paces(monkeypatch)
+    client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=0.05)
+    for i in range(64):
+        client.track(f"user-{i}", "grouped", {"seq": i})
+    assert collector.wait_for(64, timeout=10)
+    assert paces.count >= 1
+    assert sorted(e["body"]["properties"]["seq"] for e in collector.events()) == list(range(64))
+
+
+def test_a_flush_is_never_paced(
+    collector: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events a flush() waits for (here: queued until the flush, flush_interval 60 s) and a
+    shutdown's go out with no pause between groups."""
+    paces = _Paces(monkeypatch)
+    client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=60.0)
+    for i in range(64):
+        client.track(f"user-{i}", "grouped", {"seq": i})
+    assert client.flush(timeout=10)
+    assert collector.count() == 64 and paces.count == 0
+    for i in range(64):
+        client.track(f"user-{i}", "grouped", {"seq": 64 + i})
+    assert client.shutdown(timeout=10)
+    assert collector.count() == 128 and paces.count == 0
+
+
+def test_unhurried_only_while_nobody_waits(collector: Collector, make_client: MakeClient) -> None:
+    """A route is unhurried with a near-empty queue; not with the queue half full (producers
+    outrunning a paced sender would fill it), not while a flush waits, not after shutdown."""
+    collector.set_latency(0.5)
+    client = make_client(max_queue_size=100, max_batch_size=100, flush_interval=60.0)
+    route = client._routes[0]
+    assert route._unhurried()
+    for i in range(50):
+        client.track("u", "e", {"seq": i})
+    assert not route._unhurried()  # 50 of 100 queued
+    flushing = threading.Thread(target=client.flush, kwargs={"timeout": 10})
+    flushing.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(route.queue) and time.monotonic() < deadline:  # the flush took them all
+            route._wake.wait(0.01)
+        assert len(route.queue) == 0
+        assert not route._unhurried()  # the queue is empty, but a flush waits for those 50
+    finally:
+        flushing.join(10)
+    assert route._unhurried()  # the flush has returned
+    client.shutdown(timeout=10)
+    assert not route._unhurried()

@@ -36,6 +36,10 @@ class SendControl(Protocol):
     def warn(self, key: str, message: str) -> None:
         """A rate-limited warning (one line per key per interval, with a count)."""
 
+    def unhurried(self) -> bool:
+        """True while nobody waits for these events: no flush, no shutdown, and the queue less
+        than half full. A destination may then pace its requests."""
+
 
 class Destination(abc.ABC):
     """One place events go. Subclasses set the class attributes that shape their units."""
