@@ -233,12 +233,17 @@ def test_background_runs_pause_after_each_group(
     """Events nobody waits for (no flush, no shutdown, the queue nearly empty) go out in groups
     with a pause after each but the last of a run; every event arrives once."""
     paces = _Paces(monkeypatch)
-    client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=0.05)
-    for i in range(64):
+    client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=1.0)
+    for i in range(16):  # times the link: until then every sender is wanted (one group each)
         client.track(f"user-{i}", "grouped", {"seq": i})
-    assert collector.wait_for(64, timeout=10)
+    assert client.flush(timeout=10) and paces.count == 0
+    # A full batch goes out at once; a request well under 15 ms asks for one sender (64 events
+    # within the 1 s interval), so the run is 64 events in groups of up to 8.
+    for i in range(16, 80):
+        client.track(f"user-{i}", "grouped", {"seq": i})
+    assert collector.wait_for(80, timeout=10)
     assert paces.count >= 1
-    assert sorted(e["body"]["properties"]["seq"] for e in collector.events()) == list(range(64))
+    assert sorted(e["body"]["properties"]["seq"] for e in collector.events()) == list(range(80))
 
 
 def test_a_flush_is_never_paced(
