@@ -1,0 +1,104 @@
+"""Paired A/B runs of the host app: variants of one library, or libraries, in alternating rounds.
+
+    .bench/venv/bin/python bench/ab_host.py [--server sync] [--calls 10] [--delay 0]
+        [--seconds 3] [--rounds 6] NAME:TRACKER[:ENV=VALUE,ENV=VALUE] ...
+
+Each variant is a name, a ``BENCH_TRACKER`` (``none``, ``cdp``, ``cdp_dual``, ``posthog``,
+``segment``) and environment variables for the app's workers (for instance
+``PYTHONPATH=/path/to/sitecustomize_dir`` or a switch read by a temporary patch). Every round
+starts each variant in a fresh gunicorn (``bench.HostApp``, the host-app rows' protocol: 50
+warm-up requests, the sink idle again, one load of ``--seconds``), and the order of the
+variants turns by one each round, so that a slow phase of the machine falls on different
+variants. Prints each load, then per variant the medians over the rounds (p50, p99, the app's
+CPU per request, the sink's CPU per request) and every round's p99.
+
+Within one invocation the variants are comparable; between invocations the machine's phase
+moves the no-tracking p99 by a third or more. ``make bench-host`` (3 rounds) cannot tell a
+change of a fifth in one row; this can, with 6-8 rounds (README, Performance: pacing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench
+
+
+def _variant(spec: str) -> tuple[str, str, dict[str, str]]:
+    name, tracker, envs = [*spec.split(":", 2), ""][:3]
+    if not name or tracker not in ("none", *bench.HOST_TRACKERS):
+        raise SystemExit(
+            f"a variant is NAME:TRACKER[:ENV=V,...] with a tracker of none, {bench.HOST_TRACKERS}"
+        )
+    env = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
+    return name, tracker, env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--server", default="sync", choices=sorted(bench.HOST_SERVERS))
+    parser.add_argument("--calls", type=int, default=10, help="track() calls per request (default 10)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds the sink waits per request")
+    parser.add_argument("--seconds", type=int, default=3, help="each load's length (default 3)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
+    parser.add_argument("variants", nargs="+", type=_variant)
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in args.variants}
+    with bench.Sink(1) as sink:
+        runner = bench.Runner(sink, False, False)
+        base_env = dict(runner.env)
+        host = bench.HostApp(sink, runner, args.seconds, 1, lambda message: None)
+        connections = bench.HOST_SERVERS[args.server][1]
+        try:
+            for r in range(args.rounds):
+                turn = r % len(args.variants)
+                for name, tracker, env in args.variants[turn:] + args.variants[:turn]:
+                    runner.env = dict(base_env, **env)
+                    sink.set_delay(0)
+                    proc, url = host.start(args.server, tracker)
+                    try:
+                        calls = args.calls if tracker != "none" else 0
+                        for _ in range(50):
+                            bench._get(url, f"/track/{min(calls, 1)}", timeout=10)
+                        sink.set_delay(args.delay)
+                        host.quiesce()
+                        cpu0, sink0 = bench._session_cpu(proc.pid), sink.cpu_seconds()
+                        got = host.load(url, f"/track/{calls}", connections, args.seconds)
+                        n = max(1, got["requests"])
+                        got["cpu_us"] = round((bench._session_cpu(proc.pid) - cpu0) / n * 1e6)
+                        got["sink_us"] = round((sink.cpu_seconds() - sink0) / n * 1e6)
+                        runs[name].append(got)
+                        shown = {k: got[k] for k in ("requests", "p50_us", "p99_us", "cpu_us", "sink_us")}
+                        print(r, name, shown, flush=True)
+                    finally:
+                        sink.set_delay(0)
+                        host.stop(proc)
+        finally:
+            host.close()
+    print(
+        f"medians over {args.rounds} rounds ({args.server}, {args.calls} calls, sink delay {args.delay} s):"
+    )
+    for name, got in runs.items():
+        if not got:
+            continue
+        p99s = sorted(x["p99_us"] for x in got)
+
+        def med(key: str, rows: list[dict[str, Any]] = got) -> float:
+            return statistics.median(x[key] for x in rows)
+
+        print(
+            f"  {name:<12} p50 {med('p50_us'):>7.0f}  p99 {med('p99_us'):>7.0f}  cpu/req {med('cpu_us'):>6.0f}"
+            f"  sink/req {med('sink_us'):>5.0f}  p99 per round {p99s}"
+        )
+
+
+if __name__ == "__main__":
+    main()
