@@ -307,7 +307,7 @@ def test_celery(collector: Collector, pool: str, tmp_path: Path) -> None:
     need("celery")
     if pool == "gevent":
         need("gevent")
-    for sub in ("queue", "done", "results"):
+    for sub in ("queue", "staging", "done", "results"):
         (tmp_path / sub).mkdir()
     (tmp_path / "celery_cell.py").write_text(CELERY_CELL)
     env = server_env(collector)
@@ -327,13 +327,18 @@ def test_celery(collector: Collector, pool: str, tmp_path: Path) -> None:
         from celery import Celery
 
         producer = Celery("producer", broker="filesystem://", backend=f"file://{tmp_path}/results")
+        # kombu's filesystem transport creates a message file, then locks and writes it; a worker
+        # listing the folder in between reads it empty and dies (JSONDecodeError, seen in CI). The
+        # producer writes to a staging folder and each finished file is renamed into the queue.
         producer.conf.broker_transport_options = {
             "data_folder_in": str(tmp_path / "queue"),
-            "data_folder_out": str(tmp_path / "queue"),
+            "data_folder_out": str(tmp_path / "staging"),
         }
         results = [
             producer.send_task("celery_app.welcome", args=(f"celery-{n}", "pro")) for n in range(CELERY_TASKS)
         ]
+        for name in sorted(os.listdir(tmp_path / "staging")):
+            os.rename(tmp_path / "staging" / name, tmp_path / "queue" / name)
         done = 0
         for result in results:
             try:
