@@ -495,7 +495,7 @@ def _run_spool_drain(args: argparse.Namespace, console: _Console) -> int:
             # spool adopts in the background; a pass under way has locked an owner (inspect sees
             # it alive) before its records count in stats, so finish a pass here before deciding.
             if report and stats.spooled == 0:
-                if spool is not None and spool.adopt_now():
+                if spool is not None and spool.scan():
                     continue  # adopted here: deliver those first
                 if client.stats().spooled == 0 and not _dead_records(args.dir):
                     break

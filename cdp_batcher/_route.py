@@ -339,9 +339,11 @@ class Route:
         if self._stopping:
             return False
         with self._lock:
-            if self._flush_target and not self.ledger.done(self._flush_target):
-                return False
-            return len(self.queue) < self._max_queue_size // 2
+            return not self._flush_pending_locked() and len(self.queue) < self._max_queue_size // 2
+
+    def _flush_pending_locked(self) -> bool:
+        """A flush (or the bulk producers' backpressure) waits for events not yet resolved."""
+        return bool(self._flush_target) and not self.ledger.done(self._flush_target)
 
     # ------------------------------------------------------------------------------ producers
     @property
@@ -572,7 +574,7 @@ class Route:
             return hint
         ledger = self.ledger
         with self._lock:
-            if self._flush_target and not ledger.done(self._flush_target):
+            if self._flush_pending_locked():
                 return hint
             backlog = len(self.queue) + ledger.in_flight
         return min(hint, self.dest.senders_for(backlog, self._interval))

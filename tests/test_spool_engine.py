@@ -272,9 +272,9 @@ def test_dead_owner_adopted_acked_records_not_redelivered(tmp_path: Path) -> Non
     assert files(tmp_path) == []
 
 
-def test_adopt_now_waits_for_a_pass_under_way(tmp_path: Path) -> None:
+def test_scan_waits_for_a_pass_under_way(tmp_path: Path) -> None:
     """A background pass has locked a dead owner but not yet put its records in the stream
-    (inspect already sees that owner alive): adopt_now() returns only after that pass, with
+    (inspect already sees that owner alive): a scan() called then returns only after that pass, with
     the records counted. spool drain decides it is done on this, so it never exits with records
     half-adopted (seen in CI: 'drain exit 1', 50 records recovered right after it gave up)."""
     spool = open_spool(tmp_path)
@@ -296,7 +296,7 @@ def test_adopt_now_waits_for_a_pass_under_way(tmp_path: Path) -> None:
     background.start()
     assert locked.wait(10)
     result: list[int] = []
-    caller = threading.Thread(target=lambda: result.append(again.adopt_now()))
+    caller = threading.Thread(target=lambda: result.append(again.scan()))
     caller.start()
     caller.join(0.3)
     assert caller.is_alive()  # waits for the pass under way, rather than returning 0 at once

@@ -114,7 +114,7 @@ class Spool:
     # ------------------------------------------------------------------------------ owners
     def _reset_owner(self) -> None:
         self._lock = threading.Lock()
-        self._scan_lock = threading.Lock()  # one adoption pass at a time (see adopt_now)
+        self._scan_lock = threading.Lock()  # one adoption pass at a time (see scan)
         self.pid = os.getpid()
         self.owner = f"o-{self.pid}-{secrets.token_hex(4)}"
         self.owner_dir = os.path.join(self.path, self.owner)
@@ -171,16 +171,12 @@ class Spool:
         self._locks.clear()
 
     # ---------------------------------------------------------------------------- adoption
-    def adopt_now(self) -> int:
-        """An adoption pass in the calling thread, after any pass under way has ended: on return
-        every dead owner's records this process could lock are in its streams (counted in
-        ``stats().spooled``). Returns the records this pass adopted."""
-        if self._closed or self.pid != os.getpid():
-            return 0
-        return self.scan()
-
     def scan(self) -> int:
-        """Adopt the files of dead owners for this spool's destinations; returns records adopted."""
+        """Adopt the files of dead owners for this spool's destinations; returns records adopted.
+
+        One pass at a time: called while a pass is under way (the maintenance thread's), it
+        waits for that one first, so on return every dead owner's records this process could
+        lock are in its streams (counted in ``stats().spooled``)."""
         with self._scan_lock:
             return self._scan()
 

@@ -69,7 +69,7 @@ GROUP = 8
 #: While nobody waits for a run (:meth:`SendControl.unhurried`), its sender pauses this long
 #: after each group: a real block, so the application's threads get the GIL and a CPU at once
 #: instead of after the sender's next system calls. On a 2-core host (sync gunicorn, gateway on
-#: loopback, ten track() calls per request) it cut the p99 that tracking adds by about a quarter
+#: loopback, ten track() calls per request) it cut the p99 that tracking adds by about a fifth
 #: (README, Performance). A flush, a shutdown or a filling queue is never paced.
 PACE = 0.0001
 
