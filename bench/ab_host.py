@@ -9,8 +9,9 @@ Each variant is a name, a ``BENCH_TRACKER`` (``none``, ``cdp``, ``cdp_dual``, ``
 starts each variant in a fresh gunicorn (``bench.HostApp``, the host-app rows' protocol: 50
 warm-up requests, the sink idle again, one load of ``--seconds``), and the order of the
 variants turns by one each round, so that a slow phase of the machine falls on different
-variants. Prints each load, then per variant the medians over the rounds (p50, p99, the app's
-CPU per request, the sink's CPU per request) and every round's p99.
+variants; each load is ``HostApp.measure_one`` with a one-load plan. Prints each load, then per
+variant the medians over the rounds (``bench._median_run``: p50, p99, the app's CPU per
+request, the sink's CPU per request) and every round's p99.
 
 Within one invocation the variants are comparable; between invocations the machine's phase
 moves the no-tracking p99 by a third or more. ``make bench-host`` (3 rounds) cannot tell a
@@ -20,7 +21,6 @@ change of a fifth in one row; this can, with 6-8 rounds (README, Performance: pa
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,42 +62,27 @@ def main() -> None:
                 turn = r % len(args.variants)
                 for name, tracker, env in args.variants[turn:] + args.variants[:turn]:
                     runner.env = dict(base_env, **env)
-                    sink.set_delay(0)
-                    proc, url = host.start(args.server, tracker)
-                    try:
-                        calls = args.calls if tracker != "none" else 0
-                        for _ in range(50):
-                            bench._get(url, f"/track/{min(calls, 1)}", timeout=10)
-                        sink.set_delay(args.delay)
-                        host.quiesce()
-                        cpu0, sink0 = bench._session_cpu(proc.pid), sink.cpu_seconds()
-                        got = host.load(url, f"/track/{calls}", connections, args.seconds)
-                        n = max(1, got["requests"])
-                        got["cpu_us"] = round((bench._session_cpu(proc.pid) - cpu0) / n * 1e6)
-                        got["sink_us"] = round((sink.cpu_seconds() - sink0) / n * 1e6)
+                    plan = [(args.delay, args.calls if tracker != "none" else 0)]
+                    (got,) = host.measure_one(args.server, tracker, connections, plan).values()
+                    if "error" not in got:
                         runs[name].append(got)
-                        shown = {k: got[k] for k in ("requests", "p50_us", "p99_us", "cpu_us", "sink_us")}
-                        print(r, name, shown, flush=True)
-                    finally:
-                        sink.set_delay(0)
-                        host.stop(proc)
+                    keys = ("requests", "p50_us", "p99_us", "cpu_us", "sink_us", "error")
+                    shown = {
+                        k: round(got[k]) if isinstance(got[k], float) else got[k] for k in keys if k in got
+                    }
+                    print(r, name, shown, flush=True)
         finally:
             host.close()
     print(
         f"medians over {args.rounds} rounds ({args.server}, {args.calls} calls, sink delay {args.delay} s):"
     )
     for name, got in runs.items():
-        if not got:
-            continue
-        p99s = sorted(x["p99_us"] for x in got)
-
-        def med(key: str, rows: list[dict[str, Any]] = got) -> float:
-            return statistics.median(x[key] for x in rows)
-
-        print(
-            f"  {name:<12} p50 {med('p50_us'):>7.0f}  p99 {med('p99_us'):>7.0f}  cpu/req {med('cpu_us'):>6.0f}"
-            f"  sink/req {med('sink_us'):>5.0f}  p99 per round {p99s}"
-        )
+        if got:
+            m = bench._median_run(got)
+            print(
+                f"  {name:<12} p50 {m['p50_us']:>7.0f}  p99 {m['p99_us']:>7.0f}  cpu/req {m['cpu_us']:>6.0f}"
+                f"  sink/req {m['sink_us']:>5.0f}  p99 per round {sorted(m['p99_samples'])}"
+            )
 
 
 if __name__ == "__main__":

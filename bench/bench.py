@@ -949,9 +949,16 @@ class HostApp:
             results[key] = _median_run(runs)
         return results
 
-    def measure_one(self, server: str, tracker: str, connections: int) -> dict[str, dict[str, Any]]:
-        """Start one (server, tracker), load it through its plan, stop it: a figure (or an
-        error) per key."""
+    def measure_one(
+        self,
+        server: str,
+        tracker: str,
+        connections: int,
+        plan: Optional[list[tuple[float, int]]] = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Start one (server, tracker), load it through its plan (``(sink delay, calls)`` pairs;
+        default: no tracking's one load, or every delay and call count), stop it: a figure (or
+        an error) per key. ``sink_us``: the sink's CPU time per request during the load."""
         self.sink.set_delay(0.0)
         try:
             proc, url = self.start(server, tracker)
@@ -961,15 +968,19 @@ class HostApp:
         try:
             for _ in range(50):  # warm: first requests, the library's threads and connections
                 _get(url, "/track/1" if tracker != "none" else "/track/0", timeout=10)
-            plan = [(0.0, 0)] if tracker == "none" else [(d, n) for d in (0.0, LATENCY) for n in HOST_CALLS]
+            if plan is None:
+                plan = (
+                    [(0.0, 0)] if tracker == "none" else [(d, n) for d in (0.0, LATENCY) for n in HOST_CALLS]
+                )
             for delay, calls in plan:
                 self.sink.set_delay(delay)
                 self.quiesce()
-                cpu0 = _session_cpu(proc.pid)
+                cpu0, sink0 = _session_cpu(proc.pid), self.sink.cpu_seconds()
                 got = self.load(url, f"/track/{calls}", connections, self.seconds)
                 key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
                 if got.get("requests"):
                     got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
+                    got["sink_us"] = (self.sink.cpu_seconds() - sink0) / got["requests"] * 1e6
                 elif "error" not in got:
                     got = {"error": "no requests answered"}
                 figures[key] = got
@@ -983,7 +994,7 @@ class HostApp:
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One figure per field: the median over the rounds (each field on its own)."""
     got: dict[str, Any] = {"runs": len(runs), "p99_samples": [r["p99_us"] for r in runs]}
-    for field in ("rps", "p50_us", "p99_us", "cpu_us", "requests", "errors"):
+    for field in ("rps", "p50_us", "p99_us", "cpu_us", "sink_us", "requests", "errors"):
         values = [r[field] for r in runs if field in r]
         if values:
             got[field] = statistics.median(values)
