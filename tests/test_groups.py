@@ -9,6 +9,7 @@ after the other, and a client never has more requests in flight than max_concurr
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -96,6 +97,27 @@ def test_a_dropped_connection_fails_only_its_request(collector: Collector, own: 
     assert sum(1 for a in answers if isinstance(a, Answer) and a.ok) == 3
     again = own.request_group("POST", group, headers=HEADERS, timeout=5)
     assert all(isinstance(a, Answer) and a.ok for a in again)
+
+
+def test_a_group_drops_the_kept_connections_the_server_closed(
+    collector: Collector, own: HttpTransport
+) -> None:
+    """The server closed every kept connection (EOF waits in each): the group's one check of
+    them all (``_Lane.sweep``) closes them, and every request of the group goes on a new
+    connection and gets its answer; none is sent on a closed one."""
+    _warm(own, collector, 4)
+    lane = own._path._lanes[collector.url + TRACK]  # type: ignore[union-attr]
+    stale = [conn.sock for conn in lane.idle]
+    collector.go_down()  # closes the server's side of each connection
+    collector.come_back()
+    collector.clear()
+    for sock in stale:
+        select.select([sock], [], [], 5.0)  # the cut reaches the socket (bounded wait, no sleep)
+    group = [(collector.url + TRACK, _body(i)) for i in range(4)]
+    answers = own.request_group("POST", group, headers=HEADERS, timeout=5)
+    assert [a.status for a in answers if isinstance(a, Answer)] == [200] * 4, answers
+    assert all(sock.fileno() == -1 for sock in stale)
+    assert sorted(r.body for r in collector.requests) == sorted(body for _, body in group)
 
 
 def test_a_group_opens_at_most_one_new_connection(collector: Collector, own: HttpTransport) -> None:

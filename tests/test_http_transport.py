@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -243,6 +245,74 @@ def test_a_kept_connection_with_bytes_waiting_is_not_used(collector: Collector, 
     assert _fast._readable(peer)
     assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
     assert peer.fileno() == -1  # closed, not sent on
+    assert collector.count() == 2
+
+
+@pytest.mark.skipif(not _fast._KERNEL_TIMEOUTS, reason="kernel socket timeouts are used on Linux only")
+def test_a_kept_plain_socket_is_blocking_with_kernel_timeouts(
+    collector: Collector, own: HttpTransport
+) -> None:
+    """On Linux a kept plain socket is blocking (no poll before each send and recv) with both
+    kernel timeouts at the request's timeout; a slow answer on it still ends as ``timeout``
+    (maybe sent) within about that timeout, and the next request opens a connection and works."""
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=0.4).ok
+    lane = own._path._lanes[collector.url + TRACK]
+    (conn,) = lane.idle
+    sock = conn.sock
+    assert sock.gettimeout() is None
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        seconds, micros = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+        assert 0.39 <= seconds + micros / 1e6 <= 0.41
+    collector.set_latency(2.0)
+    start = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=0.3)
+    assert time.monotonic() - start < 1.5
+    assert info.value.reason == "timeout" and info.value.maybe_sent is True
+    assert sock.fileno() == -1  # a connection that timed out is never used again
+    collector.set_latency(0)
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+
+
+def test_a_large_body_goes_in_slices_and_the_next_request_is_blocking_again(
+    collector: Collector, own: HttpTransport
+) -> None:
+    """A request past one send (64 KiB) goes in slices under the socket's own timeout; the body
+    arrives whole, and the next small request on the same connection has the kernel's timeouts
+    again (blocking where they are used)."""
+    big = b'{"identifier":"user123","eventName":"big","properties":{"blob":"%s"}}' % (b"x" * 300_000)
+    assert own.request("POST", collector.url + TRACK, body=big, headers=HEADERS, timeout=5).ok
+    lane = own._path._lanes[collector.url + TRACK]
+    (conn,) = lane.idle
+    assert conn.sock.gettimeout() is not None  # left in the socket's own timeout by the slices
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    assert lane.idle == [conn]
+    assert (conn.sock.gettimeout() is None) == _fast._KERNEL_TIMEOUTS
+    assert [r.body for r in collector.requests] == [big, BODY]
+
+
+def test_a_kernel_timeout_is_a_timeout() -> None:
+    """A blocking socket's kernel timeout ends the call with EAGAIN (BlockingIOError); within
+    the slack it can come just before the deadline, and is then classified as ``timeout``
+    (maybe sent), not as a lost connection."""
+    error = classify(
+        _fast._timed_out(BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")), sent=True
+    )
+    assert error.reason == "timeout" and error.maybe_sent is True
+    other = ConnectionResetError(errno.ECONNRESET, "reset")
+    assert _fast._timed_out(other) is other
+
+
+def test_a_kept_socket_handed_to_urllib3_works_there(collector: Collector, own: HttpTransport) -> None:
+    """A connection the fast path used (blocking, kernel timeouts) and gave to its pool is used
+    by urllib3's own urlopen as any other: urllib3 sets the socket's timeout again."""
+    assert own.request("POST", collector.url + TRACK, body=BODY, headers=HEADERS, timeout=5).ok
+    lane = own._path._lanes[collector.url + TRACK]
+    (conn,) = lane.idle
+    lane.idle.clear()
+    lane.pool._put_conn(conn)
+    answer = lane.pool.urlopen("POST", TRACK, body=BODY, headers=HEADERS, retries=False, timeout=5)
+    assert answer.status == 200
     assert collector.count() == 2
 
 

@@ -8,7 +8,9 @@ every call — merging settings, looking up proxies, building a ``PreparedReques
 ``Response``, cookie jars, hooks, ``http.client``'s header parsing — is skipped: each request is
 one ``sendall`` of a head encoded once per (URL, headers) plus the body, on a pooled urllib3
 connection (``_get_conn``/``_put_conn``, the connection's ``sock``), and the answer is read by
-:func:`._reader.read_answer` under the request's deadline. A URL that goes through a proxy is
+:func:`._reader.read_answer` under the request's deadline. On Linux a plain socket is
+blocking with the kernel's send and receive timeouts (no ``poll`` before each call), and a
+group checks its kept connections with one ``poll`` (:meth:`_Lane.sweep`). A URL that goes through a proxy is
 sent by the public path (``urlopen``: urllib3 adds the proxy's headers). ``.netrc`` credentials
 are not looked up: every destination sends its own Authorization.
 
@@ -24,6 +26,8 @@ import re
 import select
 import socket
 import ssl
+import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -50,6 +54,10 @@ _MAX_CACHED = 64
 #: A body larger than this is sent in slices of this size, each under the deadline (TLS
 #: ``sendall`` bounds each record write, not the whole).
 _SLICE = 256 * 1024
+#: A request larger than this is sent by :func:`_send_slices`, under the socket's own timeout
+#: (a total for each ``sendall``): a kernel send timeout bounds each ``send`` call, and a peer
+#: that reads slowly could stretch a large ``sendall`` past the deadline.
+_ONE_SEND = 64 * 1024
 #: Send errors after which the answer already waiting in the socket is still read (an early
 #: 413, or a 401, sent by a server that stopped reading the body).
 _EARLY_ANSWER_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EPROTOTYPE, errno.ESHUTDOWN})
@@ -64,6 +72,14 @@ _clock = time.monotonic
 #: previous request's value is almost always within it. A request may so end up to this much
 #: after its deadline, or a recv time out up to this much before it.
 _TIMEOUT_SLACK = 0.005
+#: On Linux a plain TCP socket of the fast path is blocking, its waits bounded by the kernel
+#: (``SO_RCVTIMEO``/``SO_SNDTIMEO``) instead of a ``poll`` before every ``send`` and ``recv``
+#: (what CPython does for a socket with a timeout): two system calls fewer per request. A TLS
+#: socket keeps ``settimeout`` (OpenSSL on a blocking socket that times out is not a state to
+#: read on from).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVTIMEO")
+#: The attribute on a urllib3 connection holding the kernel timeouts its socket has (seconds).
+_KERNEL_ATTR = "_cdp_batcher_timeo"
 
 
 def capable(session: requests.Session, url: str) -> Optional[str]:
@@ -149,6 +165,44 @@ class _Lane:
             if sock is not None and not _readable(sock):
                 return conn
             conn.close()  # closed by the server (EOF waiting) or sent something unasked
+            self.pool._put_conn(conn)
+        return None
+
+    def sweep(self) -> bool:
+        """Drop the kept-alive connections the server closed, with one ``poll`` for all of
+        them; True when a group may then take its connections with :meth:`take_swept`."""
+        idle = self.idle
+        if len(idle) < 2 or _poll is None:
+            return False  # one connection: take's own check is the same one system call
+        poller = _poll()
+        conns: dict[int, Any] = {}
+        for conn in list(idle):
+            sock = conn.sock
+            if sock is not None:
+                fd = sock.fileno()
+                conns[fd] = conn
+                poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(0):
+            conn = conns[fd]
+            try:
+                idle.remove(conn)
+            except ValueError:  # another sender took it: its own take checks it
+                continue
+            conn.close()
+            self.pool._put_conn(conn)
+        return True
+
+    def take_swept(self) -> Any:
+        """A kept-alive connection, checked by :meth:`sweep` just before (or given back since,
+        its answer read whole), or None."""
+        idle = self.idle
+        while idle:
+            try:
+                conn = idle.pop()
+            except IndexError:
+                return None
+            if conn.sock is not None:
+                return conn
             self.pool._put_conn(conn)
         return None
 
@@ -306,12 +360,20 @@ class FastTransport:
         return exchange if isinstance(exchange, Answer) else self._finish(exchange)
 
     def _start(
-        self, lane: _Lane, head: bytes, method: str, body: Optional[bytes], deadline: float, timeout: float
+        self,
+        lane: _Lane,
+        head: bytes,
+        method: str,
+        body: Optional[bytes],
+        deadline: float,
+        timeout: float,
+        swept: bool = False,
     ) -> Any:
         """Send one request: the :class:`_Exchange` whose answer is to be read, or the Answer
-        already read (a server that stopped reading the body and answered)."""
+        already read (a server that stopped reading the body and answered). ``swept``: the
+        lane's kept connections were checked for the group (:meth:`_Lane.sweep`)."""
         pool = lane.pool
-        conn = lane.take() if lane.idle else None
+        conn = (lane.take_swept() if swept else lane.take()) if lane.idle else None
         if conn is None:
             try:
                 conn = pool._get_conn()
@@ -329,18 +391,18 @@ class FastTransport:
                 conn.timeout = max(0.001, deadline - _clock())
                 conn.connect()
                 sock = conn.sock
-                _bound(sock, deadline)
+                _bound(conn, sock, deadline)
             else:
                 # Kept-alive: microseconds since the deadline was set, well within the slack, so
-                # the time left is ``timeout`` (no second clock read, and usually no settimeout).
-                _fit(sock, timeout)
+                # the time left is ``timeout`` (no second clock read, and usually no system call).
+                _fit(conn, sock, timeout)
             if body is None:
                 data = head + b"\r\n"
             else:
                 data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
             sent = True
             try:
-                if len(data) <= _SLICE:
+                if len(data) <= _ONE_SEND:
                     sock.sendall(data)
                 else:
                     _send_slices(sock, data, deadline)
@@ -351,7 +413,7 @@ class FastTransport:
                 # body ended): read what waits in the socket; nothing there keeps this error.
                 try:
                     status, retry_after, content, _ = read_answer(
-                        partial(_recv, sock, deadline), method == "HEAD"
+                        partial(_recv, conn, sock, deadline), method == "HEAD"
                     )
                 except Exception:
                     raise exc from None
@@ -363,7 +425,7 @@ class FastTransport:
             pool._put_conn(conn)
             if _clock() >= deadline and sent:
                 raise classify(DeadlinePassed(), sent=True) from None
-            raise classify(exc, sent=sent) from None
+            raise classify(_timed_out(exc), sent=sent) from None
         return _Exchange(lane, conn, sock, method == "HEAD", deadline, timeout)
 
     def _finish(self, exchange: _Exchange) -> Answer:
@@ -372,17 +434,17 @@ class FastTransport:
         reusable = False
         try:
             if _clock() > deadline - exchange.timeout + _TIMEOUT_SLACK:  # the send took a while
-                _bound(sock, deadline)
+                _bound(conn, sock, deadline)
             # The socket's timeout is the time left (within the slack): the first read of the
             # answer goes straight to the socket; later ones, if any, through the deadline again.
             first = sock.recv(RECV)
             status, retry_after, content, reusable = read_answer(
-                partial(_recv, sock, deadline), exchange.head_only, first
+                partial(_recv, conn, sock, deadline), exchange.head_only, first
             )
         except Exception as exc:
             if _clock() >= deadline:
                 raise classify(DeadlinePassed(), sent=True) from None
-            raise classify(exc, sent=True) from None
+            raise classify(_timed_out(exc), sent=True) from None
         finally:
             if reusable:
                 lane.give(conn)
@@ -410,6 +472,7 @@ class FastTransport:
         results: list[Union[Answer, TransportError, _Exchange, None]] = [None] * len(requests_)
         waiting: deque[int] = deque()
         opened = False
+        swept: dict[int, bool] = {}  # id(lane): whether its kept connections were checked at once
         for index, (url, body) in enumerate(requests_):
             try:
                 key = (url, method, id(headers), None)
@@ -425,7 +488,10 @@ class FastTransport:
                 while waiting and not lane.idle and opened:  # no connection left: free the oldest
                     self._collect(results, waiting.popleft())
                 opened = opened or not lane.idle
-                results[index] = self._start(lane, cached[1], method, body, deadline, timeout)
+                checked = swept.get(id(lane))
+                if checked is None:
+                    checked = swept[id(lane)] = lane.sweep()
+                results[index] = self._start(lane, cached[1], method, body, deadline, timeout, checked)
                 if isinstance(results[index], _Exchange):
                     waiting.append(index)
             except TransportError as exc:
@@ -460,32 +526,63 @@ def _readable(sock: Any) -> bool:
 _poll = getattr(select, "poll", None)
 
 
-def _recv(sock: Any, deadline: float, n: int) -> bytes:
+def _recv(conn: Any, sock: Any, deadline: float, n: int) -> bytes:
     """``recv`` under a deadline: each call waits at most the time that is left."""
-    _bound(sock, deadline)
+    _bound(conn, sock, deadline)
     data: bytes = sock.recv(n)
     return data
 
 
-def _bound(sock: Any, deadline: float) -> None:
+def _bound(conn: Any, sock: Any, deadline: float) -> None:
     """Let the next socket operation wait no longer than the time left (see _TIMEOUT_SLACK)."""
     left = deadline - _clock()
     if left <= 0:
         raise DeadlinePassed()
-    _fit(sock, left)
+    _fit(conn, sock, left)
 
 
-def _fit(sock: Any, left: float) -> None:
-    """Set the socket's timeout to ``left`` unless it is that already, within _TIMEOUT_SLACK."""
+def _fit(conn: Any, sock: Any, left: float) -> None:
+    """Let each of the socket's next operations wait at most ``left`` (within _TIMEOUT_SLACK):
+    the kernel's timeouts on a blocking plain socket where there are (_KERNEL_TIMEOUTS), else
+    the socket's timeout; unchanged when it is that already."""
+    if _KERNEL_TIMEOUTS and type(sock) is socket.socket:
+        known = getattr(conn, _KERNEL_ATTR, None)
+        if (
+            known is None
+            or known[0] is not sock
+            or not left - _TIMEOUT_SLACK <= known[1] <= left + _TIMEOUT_SLACK
+            or sock.gettimeout() is not None
+        ):
+            # The waits are bounded first, then the socket made blocking: never unbounded.
+            micros = max(1000, int(left * 1_000_000))  # 0 would mean no limit
+            value = struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            if sock.gettimeout() is not None:
+                sock.settimeout(None)
+            setattr(conn, _KERNEL_ATTR, (sock, left))
+        return
     current = sock.gettimeout()
     if current is None or not left - _TIMEOUT_SLACK <= current <= left + _TIMEOUT_SLACK:
         sock.settimeout(left)
 
 
+def _timed_out(exc: BaseException) -> BaseException:
+    """A kernel timeout on a blocking socket (EAGAIN) as the timeout it is."""
+    if isinstance(exc, BlockingIOError):
+        return socket.timeout("timed out")
+    return exc
+
+
 def _send_slices(sock: Any, data: bytes, deadline: float) -> None:
+    """Send a large request in slices, each ``sendall`` under the socket's timeout set to the
+    time left (a total for the call; the next :func:`_fit` restores the kernel's timeouts)."""
     view = memoryview(data)
     for start in range(0, len(data), _SLICE):
-        _bound(sock, deadline)
+        left = deadline - _clock()
+        if left <= 0:
+            raise DeadlinePassed()
+        sock.settimeout(left)
         sock.sendall(view[start : start + _SLICE])
 
 
