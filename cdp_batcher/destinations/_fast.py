@@ -153,8 +153,10 @@ class _Lane:
         self.idle: list[Any] = []
         self.keep = max(1, getattr(getattr(pool, "pool", None), "maxsize", 1) or 1)
 
-    def take(self) -> Any:
-        """A kept-alive connection the server has not closed, or None."""
+    def take(self, checked: bool = False) -> Any:
+        """A kept-alive connection the server has not closed, or None. ``checked``: the
+        connections were checked just before by :meth:`sweep` (or given back since, their
+        answer read whole), so no check of its own."""
         idle = self.idle
         while idle:
             try:
@@ -162,7 +164,7 @@ class _Lane:
             except IndexError:  # another sender took the last one
                 return None
             sock = conn.sock
-            if sock is not None and not _readable(sock):
+            if sock is not None and (checked or not _readable(sock)):
                 return conn
             conn.close()  # closed by the server (EOF waiting) or sent something unasked
             self.pool._put_conn(conn)
@@ -170,7 +172,7 @@ class _Lane:
 
     def sweep(self) -> bool:
         """Drop the kept-alive connections the server closed, with one ``poll`` for all of
-        them; True when a group may then take its connections with :meth:`take_swept`."""
+        them; True when a group may then take its connections unchecked (``take(True)``)."""
         idle = self.idle
         if len(idle) < 2 or _poll is None:
             return False  # one connection: take's own check is the same one system call
@@ -191,20 +193,6 @@ class _Lane:
             conn.close()
             self.pool._put_conn(conn)
         return True
-
-    def take_swept(self) -> Any:
-        """A kept-alive connection, checked by :meth:`sweep` just before (or given back since,
-        its answer read whole), or None."""
-        idle = self.idle
-        while idle:
-            try:
-                conn = idle.pop()
-            except IndexError:
-                return None
-            if conn.sock is not None:
-                return conn
-            self.pool._put_conn(conn)
-        return None
 
     def give(self, conn: Any) -> None:
         """Keep ``conn`` for the next request (the pool's share when the list is full)."""
@@ -373,7 +361,7 @@ class FastTransport:
         already read (a server that stopped reading the body and answered). ``swept``: the
         lane's kept connections were checked for the group (:meth:`_Lane.sweep`)."""
         pool = lane.pool
-        conn = (lane.take_swept() if swept else lane.take()) if lane.idle else None
+        conn = lane.take(swept) if lane.idle else None
         if conn is None:
             try:
                 conn = pool._get_conn()
@@ -535,10 +523,15 @@ def _recv(conn: Any, sock: Any, deadline: float, n: int) -> bytes:
 
 def _bound(conn: Any, sock: Any, deadline: float) -> None:
     """Let the next socket operation wait no longer than the time left (see _TIMEOUT_SLACK)."""
+    _fit(conn, sock, _left(deadline))
+
+
+def _left(deadline: float) -> float:
+    """The time left before ``deadline``; DeadlinePassed when there is none."""
     left = deadline - _clock()
     if left <= 0:
         raise DeadlinePassed()
-    _fit(conn, sock, left)
+    return left
 
 
 def _fit(conn: Any, sock: Any, left: float) -> None:
@@ -579,10 +572,7 @@ def _send_slices(sock: Any, data: bytes, deadline: float) -> None:
     time left (a total for the call; the next :func:`_fit` restores the kernel's timeouts)."""
     view = memoryview(data)
     for start in range(0, len(data), _SLICE):
-        left = deadline - _clock()
-        if left <= 0:
-            raise DeadlinePassed()
-        sock.settimeout(left)
+        sock.settimeout(_left(deadline))
         sock.sendall(view[start : start + _SLICE])
 
 
