@@ -13,6 +13,10 @@ variants; each load is ``HostApp.measure_one`` with a one-load plan. Prints each
 variant the medians over the rounds (``bench._median_run``: p50, p99, the app's CPU per
 request, the sink's CPU per request) and every round's p99.
 
+``--threads`` also splits the app's CPU per request by thread name (the workers' main threads,
+each route's dispatcher and senders: ``bench.HostApp.threads_dir``) and prints each variant's
+medians, to say which thread a variant's extra CPU runs on.
+
 Within one invocation the variants are comparable; between invocations the machine's phase
 moves the no-tracking p99 by a third or more. ``make bench-host`` (3 rounds) cannot tell a
 change of a fifth in one row; this can, with 6-8 rounds (README, Performance: pacing).
@@ -21,7 +25,9 @@ change of a fifth in one row; this can, with 6-8 rounds (README, Performance: pa
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +55,15 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds the sink waits per request")
     parser.add_argument("--seconds", type=int, default=3, help="each load's length (default 3)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
+    parser.add_argument("--threads", action="store_true", help="split the app's CPU by thread name")
     parser.add_argument("variants", nargs="+", type=_variant)
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in args.variants}
-    with bench.Sink(1) as sink:
+    with bench.Sink(1) as sink, tempfile.TemporaryDirectory(prefix="ab-host-threads-") as names:
         runner = bench.Runner(sink, False, False)
-        base_env = dict(runner.env)
+        base_env = dict(runner.env, **({"BENCH_THREADS": names} if args.threads else {}))
         host = bench.HostApp(sink, runner, args.seconds, 1, lambda message: None)
+        host.threads_dir = names if args.threads else None
         connections = bench.HOST_SERVERS[args.server][1]
         try:
             for r in range(args.rounds):
@@ -76,13 +84,21 @@ def main() -> None:
     print(
         f"medians over {args.rounds} rounds ({args.server}, {args.calls} calls, sink delay {args.delay} s):"
     )
-    for name, got in runs.items():
-        if got:
-            m = bench._median_run(got)
+    for name, loads in runs.items():
+        if loads:
+            m = bench._median_run(loads)
             print(
                 f"  {name:<12} p50 {m['p50_us']:>7.0f}  p99 {m['p99_us']:>7.0f}  cpu/req {m['cpu_us']:>6.0f}"
                 f"  sink/req {m['sink_us']:>5.0f}  p99 per round {sorted(m['p99_samples'])}"
             )
+    if args.threads:
+        print("app CPU µs per request by thread, medians over the rounds:")
+        for name, loads in runs.items():
+            split: list[dict[str, float]] = [r["threads_us"] for r in loads if "threads_us" in r]
+            threads = sorted({t for one in split for t in one})
+            medians = {t: statistics.median(one.get(t, 0.0) for one in split) for t in threads}
+            by_cpu = sorted(medians.items(), key=lambda kv: -kv[1])
+            print(f"  {name:<12} " + "  ".join(f"{t} {v:.0f}" for t, v in by_cpu))
 
 
 if __name__ == "__main__":

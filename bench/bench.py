@@ -844,8 +844,44 @@ def _session_cpu(sid: int) -> float:
     return total / tick
 
 
+def _thread_cpu(sid: int, names_dir: str) -> dict[str, float]:
+    """CPU seconds per thread name over every process in session ``sid``: /proc/<pid>/task/<tid>,
+    named by the ``<pid>.json`` files the host app keeps in ``names_dir`` (threads of the same
+    name summed; a thread not named there is ``other``); Linux /proc, else empty."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total: dict[str, float] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[3]) != sid:
+                    continue
+            tids = os.listdir(f"/proc/{entry}/task")
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(names_dir, f"{entry}.json")) as f:
+                names: dict[str, str] = json.load(f)
+        except (OSError, ValueError):
+            names = {}
+        for tid in tids:
+            try:
+                with open(f"/proc/{entry}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = names.get(tid, "other")
+            total[name] = total.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 class HostApp:
     """Start the host app under gunicorn per (server, tracker), load it, read requests/s and latency."""
+
+    #: A directory for the app's thread names (``BENCH_THREADS``): set, each load's figures
+    #: carry ``threads_us``, CPU µs per request by thread name (bench/ab_host.py --threads).
+    threads_dir: Optional[str] = None
 
     def __init__(
         self, sink: Sink, runner: Runner, seconds: int, repeats: int, say: Callable[[str], None]
@@ -975,12 +1011,19 @@ class HostApp:
             for delay, calls in plan:
                 self.sink.set_delay(delay)
                 self.quiesce()
+                threads0 = _thread_cpu(proc.pid, self.threads_dir) if self.threads_dir else {}
                 cpu0, sink0 = _session_cpu(proc.pid), self.sink.cpu_seconds()
                 got = self.load(url, f"/track/{calls}", connections, self.seconds)
                 key = f"host/{server}/{tracker}" + (f"/{calls}/{delay * 1000:.0f}" if calls else "")
                 if got.get("requests"):
                     got["cpu_us"] = (_session_cpu(proc.pid) - cpu0) / got["requests"] * 1e6
                     got["sink_us"] = (self.sink.cpu_seconds() - sink0) / got["requests"] * 1e6
+                    if self.threads_dir:
+                        threads = _thread_cpu(proc.pid, self.threads_dir)
+                        got["threads_us"] = {
+                            name: (cpu - threads0.get(name, 0.0)) / got["requests"] * 1e6
+                            for name, cpu in threads.items()
+                        }
                 elif "error" not in got:
                     got = {"error": "no requests answered"}
                 figures[key] = got

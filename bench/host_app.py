@@ -8,6 +8,8 @@ own client, queue and threads, as the recipes advise):
 
 ``BENCH_TRACKER``  ``none``, ``cdp``, ``cdp_dual``, ``posthog`` or ``segment``
 ``BENCH_SINK``     the sink's URL (bench/sink.py): OpenCDP, Customer.io, PostHog and Segment host
+``BENCH_THREADS``  optional: a directory where each worker keeps ``<pid>.json``, its threads' names
+                   by native id (rewritten every 0.2 s), for ``bench/ab_host.py --threads``
 
     BENCH_TRACKER=cdp BENCH_SINK=http://127.0.0.1:8899 gunicorn -w 2 --chdir bench host_app:app
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from typing import Any, Callable
 
 from flask import Flask
@@ -59,7 +63,29 @@ def make_tracker(name: str, url: str) -> Track:
     raise ValueError(f"BENCH_TRACKER must be none, cdp, cdp_dual, posthog or segment; got {name!r}")
 
 
+def name_threads(directory: str) -> None:
+    """Keep ``<directory>/<pid>.json`` current: ``{native thread id: thread name}`` of this
+    process (the main thread's id is the pid), so that CPU read from /proc/<pid>/task can be
+    told apart by thread; a daemon thread rewrites it every 0.2 s (new sender threads appear)."""
+    path = os.path.join(directory, f"{os.getpid()}.json")
+
+    def keep() -> None:
+        while True:
+            names = {str(os.getpid()): "MainThread"}
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and thread.native_id is not None:
+                    names[str(thread.native_id)] = thread.name
+            with open(path + ".tmp", "w") as f:
+                json.dump(names, f)
+            os.replace(path + ".tmp", path)
+            time.sleep(0.2)
+
+    threading.Thread(target=keep, name="bench-thread-names", daemon=True).start()
+
+
 def create_app() -> Flask:
+    if os.environ.get("BENCH_THREADS"):
+        name_threads(os.environ["BENCH_THREADS"])
     track = make_tracker(os.environ.get("BENCH_TRACKER", "none"), os.environ.get("BENCH_SINK", ""))
     users = USERS
     app = Flask(__name__)
