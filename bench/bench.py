@@ -847,7 +847,8 @@ def _session_cpu(sid: int) -> float:
 def _thread_cpu(sid: int, names_dir: str) -> dict[str, float]:
     """CPU seconds per thread name over every process in session ``sid``: /proc/<pid>/task/<tid>,
     named by the ``<pid>.json`` files the host app keeps in ``names_dir`` (threads of the same
-    name summed; a thread not named there is ``other``); Linux /proc, else empty."""
+    name summed; a thread not named there, gunicorn's arbiter's included, is ``other``); Linux
+    /proc, else empty."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total: dict[str, float] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():

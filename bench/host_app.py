@@ -66,18 +66,22 @@ def make_tracker(name: str, url: str) -> Track:
 def name_threads(directory: str) -> None:
     """Keep ``<directory>/<pid>.json`` current: ``{native thread id: thread name}`` of this
     process (the main thread's id is the pid), so that CPU read from /proc/<pid>/task can be
-    told apart by thread; a daemon thread rewrites it every 0.2 s (new sender threads appear)."""
+    told apart by thread; a daemon thread looks every 0.2 s and rewrites it when a thread came
+    or went (senders start on demand)."""
     path = os.path.join(directory, f"{os.getpid()}.json")
 
     def keep() -> None:
+        written: dict[str, str] = {}
         while True:
             names = {str(os.getpid()): "MainThread"}
             for thread in threading.enumerate():
                 if thread is not threading.main_thread() and thread.native_id is not None:
                     names[str(thread.native_id)] = thread.name
-            with open(path + ".tmp", "w") as f:
-                json.dump(names, f)
-            os.replace(path + ".tmp", path)
+            if names != written:
+                with open(path + ".tmp", "w") as f:
+                    json.dump(names, f)
+                os.replace(path + ".tmp", path)
+                written = names
             time.sleep(0.2)
 
     threading.Thread(target=keep, name="bench-thread-names", daemon=True).start()
