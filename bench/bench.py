@@ -826,22 +826,38 @@ end
 """
 
 
-def _session_cpu(sid: int) -> float:
-    """CPU seconds (user + system) of every process in session ``sid`` (gunicorn's arbiter and
-    workers, started in a session of their own); Linux /proc, else 0.0."""
+def _stat(path: str) -> Optional[list[str]]:
+    """The fields of a /proc ``stat`` file after the command name (which may hold spaces and
+    parentheses): [0] is the state, [3] the session id, [11] and [12] user and system ticks;
+    None when the process or thread is gone."""
+    try:
+        with open(path) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _ticks_seconds(fields: list[str]) -> float:
+    """User + system CPU seconds from a ``_stat`` row."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def _session(sid: int) -> list[tuple[str, list[str]]]:
+    """(pid, stat fields) of every process in session ``sid`` (gunicorn's arbiter and workers,
+    started in a session of their own); Linux /proc, else empty."""
+    found = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+        if entry.isdigit():
+            fields = _stat(f"/proc/{entry}/stat")
+            if fields is not None and int(fields[3]) == sid:
+                found.append((entry, fields))
+    return found
+
+
+def _session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) of every process in session ``sid``; 0.0 without /proc."""
+    return sum(_ticks_seconds(fields) for _, fields in _session(sid))
 
 
 def _thread_cpu(sid: int, names_dir: str) -> dict[str, float]:
@@ -849,31 +865,22 @@ def _thread_cpu(sid: int, names_dir: str) -> dict[str, float]:
     named by the ``<pid>.json`` files the host app keeps in ``names_dir`` (threads of the same
     name summed; a thread not named there, gunicorn's arbiter's included, is ``other``); Linux
     /proc, else empty."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total: dict[str, float] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
+    for pid, _ in _session(sid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[3]) != sid:
-                    continue
-            tids = os.listdir(f"/proc/{entry}/task")
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         try:
-            with open(os.path.join(names_dir, f"{entry}.json")) as f:
+            with open(os.path.join(names_dir, f"{pid}.json")) as f:
                 names: dict[str, str] = json.load(f)
         except (OSError, ValueError):
             names = {}
         for tid in tids:
-            try:
-                with open(f"/proc/{entry}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            name = names.get(tid, "other")
-            total[name] = total.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            fields = _stat(f"/proc/{pid}/task/{tid}/stat")
+            if fields is not None:
+                name = names.get(tid, "other")
+                total[name] = total.get(name, 0.0) + _ticks_seconds(fields)
     return total
 
 
