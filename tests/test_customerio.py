@@ -795,3 +795,128 @@ def test_dual_write_in_a_forked_child_pairs_its_own_queues(hub: Collector, make_
     names = Counter((e["identifiers"]["id"], e.get("name")) for e in hub.events("customerio"))
     assert names == {("child", "in_child"): 3, ("child", None): 1, ("parent", "before_fork"): 1}
     assert_invariant(client)
+
+
+# ---------------------------------------------------------------------------------- pacing
+class _CioPaces:
+    """Counts the pauses Customer.io's send makes (customerio._pace), without pausing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from cdp_batcher.destinations import customerio
+
+        self.count = 0
+        self._lock = threading.Lock()
+        monkeypatch.setattr(customerio, "_pace", self._pace)
+
+    def _pace(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def test_unhurried_units_are_built_in_slices_with_a_pause_after_each(
+    hub: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit nobody waits for is built SLICE entries at a time with a pause after each slice
+    (the last one before the request); every entry still arrives once, in call order."""
+    from cdp_batcher.destinations.customerio import SLICE
+
+    paces = _CioPaces(monkeypatch)
+    client = make_client(max_batch_size=100, flush_interval=60.0, max_queue_size=10_000)
+    n = 3 * 100
+    for i in range(n):  # three full batches: each goes out at once, with no flush waiting
+        client.track(f"user-{i}", "sliced", {"seq": i})
+    assert hub.wait_for(n, "customerio", timeout=20)
+    sizes = [len(entries_of(r)) for r in batch_requests(hub, 200)]
+    assert sum(sizes) == n
+    assert paces.count == sum(-(-size // SLICE) for size in sizes) >= 3 * (100 // SLICE)
+    events = hub.events("customerio")
+    assert [e["attributes"]["seq"] for e in events] == list(range(n))
+    assert len({e["id"] for e in events}) == n
+    assert client.flush(timeout=10)
+    assert_invariant(client)
+
+
+def test_a_flush_or_shutdown_is_never_paced_by_customerio(
+    hub: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries a flush() or shutdown() waits for are built and sent with no pause."""
+    paces = _CioPaces(monkeypatch)
+    client = make_client(max_batch_size=100, flush_interval=60.0)
+    for i in range(250):
+        client.track(f"user-{i}", "waited", {"seq": i})
+    assert client.flush(timeout=10)
+    assert len(hub.events("customerio")) == 250 and paces.count == 0
+    for i in range(250, 500):
+        client.track(f"user-{i}", "waited", {"seq": i})
+    assert client.shutdown(timeout=10)
+    assert paces.count == 0
+    assert [e["attributes"]["seq"] for e in hub.events("customerio")] == list(range(500))
+
+
+class _UnhurriedControl:
+    """A SendControl with nobody waiting (so sends are paced) that records each outcome."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.failed_items: list[tuple[Any, str]] = []
+
+    def remaining(self) -> None:
+        return None
+
+    def sleep(self, delay: float) -> bool:
+        return False
+
+    def delivered(self, items: Sequence[Any]) -> None:
+        self.sent.extend(items)
+
+    def failed(self, items: Sequence[Any], reason: str, error: BaseException) -> None:
+        self.failed_items.extend((item, reason) for item in items)
+
+    dropped = failed
+
+    def retried(self, n: int = 1) -> None:
+        pass
+
+    def warn(self, key: str, message: str) -> None:
+        pass
+
+    def unhurried(self) -> bool:
+        return True
+
+
+def test_a_record_that_cannot_be_read_back_fails_alone_in_a_paced_unit(
+    hub: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a paced (sliced) build, one record that cannot be read back is failed on its own
+    (internal_error) and the other entries of the unit go out in one request, in order."""
+    from cdp_batcher._event import TRACK, Raw, encode, ulid_value
+    from cdp_batcher.destinations.customerio import SLICE
+    from cdp_batcher.destinations.opencdp import OpenCdpDestination
+
+    paces = _CioPaces(monkeypatch)
+    cio = CustomerIoDestination(
+        CustomerIoConfig(site_id=SITE, api_key=CIO_KEY, url=hub.url),
+        timeout=3.0,
+        max_batch_size=100,
+        policy=RetryPolicy(),
+    )
+    ocdp = OpenCdpDestination(
+        api_key=KEY, endpoints=["http://127.0.0.1:9"], timeout=1.0, concurrency=1, policy=RetryPolicy()
+    )
+    try:
+        items: list[Any] = [
+            (TRACK, ocdp.encode_track(f"user-{i}", "paced", Raw(encode({"seq": i})), 0.0), ulid_value())
+            for i in range(3 * SLICE)
+        ]
+        bad = (TRACK, b"{not json", ulid_value())
+        items.insert(2 * SLICE + 3, bad)  # in the third slice, after two were built
+        ctl = _UnhurriedControl()
+        cio.send(items, ctl)
+    finally:
+        cio.close()
+        ocdp.close()
+    assert ctl.failed_items == [(bad, "internal_error")]
+    assert ctl.sent == [item for item in items if item is not bad]
+    (request,) = batch_requests(hub, 200)
+    assert [e["attributes"]["seq"] for e in entries_of(request)] == list(range(3 * SLICE))
+    assert paces.count >= 3  # the sliced build ran (and paused) before the bad record

@@ -8,6 +8,7 @@ resolves every item it was given exactly once through the :class:`SendControl`.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
@@ -39,6 +40,18 @@ class SendControl(Protocol):
     def unhurried(self) -> bool:
         """True while nobody waits for these events: no flush, no shutdown, and the queue less
         than half full. A destination may then pace its requests."""
+
+
+#: While nobody waits for a unit (:meth:`SendControl.unhurried`), a destination's thread may
+#: pause this long between stretches of its own work: a real block, so the application's threads
+#: get the GIL and a CPU at once instead of after the thread's next system call or the
+#: interpreter's 5 ms switch interval. A flush, a shutdown or a filling queue is never paced.
+PACE = 0.0001
+
+
+def pace() -> None:
+    """One pause of :data:`PACE` seconds."""
+    time.sleep(PACE)
 
 
 class Destination(abc.ABC):

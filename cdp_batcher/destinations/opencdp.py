@@ -28,7 +28,7 @@ from .._event import (
 )
 from .._retry import RetryPolicy
 from .._senders import ConcurrencyGovernor
-from ._base import Destination, DeviceInfo, SendControl
+from ._base import Destination, DeviceInfo, SendControl, pace
 from ._gateway import Gateway, HostRing, PingResult, SendOutcome, server_message
 from ._http import Answer, HttpTransport
 from ._outage import PROBE_POLL, Outage
@@ -66,16 +66,11 @@ RESOLVE_AFTER = 0.01
 #: connection, then reads their answers (:meth:`Gateway.post_group`): one wait for the group
 #: instead of one per event. Every request in flight counts against ``max_concurrent_requests``.
 GROUP = 8
-#: While nobody waits for a run (:meth:`SendControl.unhurried`), its sender pauses this long
-#: after each group: a real block, so the application's threads get the GIL and a CPU at once
-#: instead of after the sender's next system calls. On a 2-core host (sync gunicorn, gateway on
-#: loopback, ten track() calls per request) it cut the p99 that tracking adds by about a fifth
-#: (README, Performance). A flush, a shutdown or a filling queue is never paced.
-PACE = 0.0001
-
-
-def _pace() -> None:
-    time.sleep(PACE)
+#: While nobody waits for a run (:meth:`SendControl.unhurried`), its sender pauses (``_pace``,
+#: :data:`~._base.PACE`) after each group. On a 2-core host (sync gunicorn, gateway on loopback,
+#: ten track() calls per request) it cut the p99 that tracking adds by about a fifth (README,
+#: Performance). A flush, a shutdown or a filling queue is never paced.
+_pace = pace
 
 
 class _Delivered:
