@@ -14,8 +14,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import pytest
@@ -24,6 +25,54 @@ from cdp_batcher import CDPClient, Stats
 from cdp_batcher.testing import Collector
 
 API_KEY = "test-key"
+
+
+class RecordingControl:
+    """A SendControl that records each outcome call (what the route's UnitControl receives).
+    ``unhurried``: whether nobody waits for the unit (a destination may then pace its work)."""
+
+    def __init__(self, unhurried: bool = False) -> None:
+        self.delivered_calls: list[list[Any]] = []
+        self.failed_calls: list[tuple[list[Any], str]] = []
+        self._unhurried = unhurried
+
+    def remaining(self) -> None:
+        return None
+
+    def sleep(self, delay: float) -> bool:
+        return False
+
+    def delivered(self, items: Sequence[Any]) -> None:
+        self.delivered_calls.append(list(items))
+
+    def failed(self, items: Sequence[Any], reason: str, error: BaseException) -> None:
+        self.failed_calls.append((list(items), reason))
+
+    dropped = failed
+
+    def retried(self, n: int = 1) -> None:
+        pass
+
+    def warn(self, key: str, message: str) -> None:
+        pass
+
+    def unhurried(self) -> bool:
+        return self._unhurried
+
+
+class Paces:
+    """Counts the pauses a destination module makes (its ``_pace``), without pausing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        monkeypatch.setattr(module, "_pace", self._pace)
+
+    def _pace(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
 #: How long a test's leftover threads may take to end after the test returned.
 THREAD_JOIN_GRACE = 3.0
 _WATCHED_PREFIXES = ("cdp_batcher", "cdp-collector")

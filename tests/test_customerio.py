@@ -26,6 +26,7 @@ from referencing.jsonschema import DRAFT202012
 
 from cdp_batcher import CDPClient, ConfigError, CustomerIoConfig, FailedEvent
 from cdp_batcher._retry import RetryPolicy
+from cdp_batcher.destinations import customerio
 from cdp_batcher.destinations.customerio import (
     BATCH_PATH,
     MAX_BODY_BYTES,
@@ -33,6 +34,8 @@ from cdp_batcher.destinations.customerio import (
     CustomerIoDestination,
 )
 from cdp_batcher.testing import Collector, RecordingLogger
+
+from conftest import Paces, RecordingControl
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -798,21 +801,6 @@ def test_dual_write_in_a_forked_child_pairs_its_own_queues(hub: Collector, make_
 
 
 # ---------------------------------------------------------------------------------- pacing
-class _CioPaces:
-    """Counts the pauses Customer.io's send makes (customerio._pace), without pausing."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from cdp_batcher.destinations import customerio
-
-        self.count = 0
-        self._lock = threading.Lock()
-        monkeypatch.setattr(customerio, "_pace", self._pace)
-
-    def _pace(self) -> None:
-        with self._lock:
-            self.count += 1
-
-
 def test_unhurried_units_are_built_in_slices_with_a_pause_after_each(
     hub: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -820,7 +808,7 @@ def test_unhurried_units_are_built_in_slices_with_a_pause_after_each(
     (the last one before the request); every entry still arrives once, in call order."""
     from cdp_batcher.destinations.customerio import SLICE
 
-    paces = _CioPaces(monkeypatch)
+    paces = Paces(monkeypatch, customerio)
     client = make_client(max_batch_size=100, flush_interval=60.0, max_queue_size=10_000)
     n = 3 * 100
     for i in range(n):  # three full batches: each goes out at once, with no flush waiting
@@ -840,7 +828,7 @@ def test_a_flush_or_shutdown_is_never_paced_by_customerio(
     hub: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Entries a flush() or shutdown() waits for are built and sent with no pause."""
-    paces = _CioPaces(monkeypatch)
+    paces = Paces(monkeypatch, customerio)
     client = make_client(max_batch_size=100, flush_interval=60.0)
     for i in range(250):
         client.track(f"user-{i}", "waited", {"seq": i})
@@ -853,37 +841,6 @@ def test_a_flush_or_shutdown_is_never_paced_by_customerio(
     assert [e["attributes"]["seq"] for e in hub.events("customerio")] == list(range(500))
 
 
-class _UnhurriedControl:
-    """A SendControl with nobody waiting (so sends are paced) that records each outcome."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.failed_items: list[tuple[Any, str]] = []
-
-    def remaining(self) -> None:
-        return None
-
-    def sleep(self, delay: float) -> bool:
-        return False
-
-    def delivered(self, items: Sequence[Any]) -> None:
-        self.sent.extend(items)
-
-    def failed(self, items: Sequence[Any], reason: str, error: BaseException) -> None:
-        self.failed_items.extend((item, reason) for item in items)
-
-    dropped = failed
-
-    def retried(self, n: int = 1) -> None:
-        pass
-
-    def warn(self, key: str, message: str) -> None:
-        pass
-
-    def unhurried(self) -> bool:
-        return True
-
-
 def test_a_record_that_cannot_be_read_back_fails_alone_in_a_paced_unit(
     hub: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -893,7 +850,7 @@ def test_a_record_that_cannot_be_read_back_fails_alone_in_a_paced_unit(
     from cdp_batcher.destinations.customerio import SLICE
     from cdp_batcher.destinations.opencdp import OpenCdpDestination
 
-    paces = _CioPaces(monkeypatch)
+    paces = Paces(monkeypatch, customerio)
     cio = CustomerIoDestination(
         CustomerIoConfig(site_id=SITE, api_key=CIO_KEY, url=hub.url),
         timeout=3.0,
@@ -910,13 +867,13 @@ def test_a_record_that_cannot_be_read_back_fails_alone_in_a_paced_unit(
         ]
         bad = (TRACK, b"{not json", ulid_value())
         items.insert(2 * SLICE + 3, bad)  # in the third slice, after two were built
-        ctl = _UnhurriedControl()
+        ctl = RecordingControl(unhurried=True)
         cio.send(items, ctl)
     finally:
         cio.close()
         ocdp.close()
-    assert ctl.failed_items == [(bad, "internal_error")]
-    assert ctl.sent == [item for item in items if item is not bad]
+    assert ctl.failed_calls == [([bad], "internal_error")]
+    assert [item for batch in ctl.delivered_calls for item in batch] == [i for i in items if i is not bad]
     (request,) = batch_requests(hub, 200)
     assert [e["attributes"]["seq"] for e in entries_of(request)] == list(range(3 * SLICE))
     assert paces.count >= 3  # the sliced build ran (and paused) before the bad record

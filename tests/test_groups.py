@@ -21,7 +21,7 @@ from cdp_batcher.destinations import opencdp
 from cdp_batcher.destinations._http import Answer, HttpTransport, TransportError
 from cdp_batcher.testing import Collector
 
-from conftest import API_KEY, MakeClient
+from conftest import API_KEY, MakeClient, Paces
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -241,25 +241,12 @@ def test_a_failing_gateway_turns_groups_off(collector: Collector, make_client: M
     assert sorted(seqs) == list(range(100, 116))
 
 
-class _Paces:
-    """Counts the pauses a sender makes after its groups (opencdp._pace), without pausing."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-        monkeypatch.setattr(opencdp, "_pace", self._pace)
-
-    def _pace(self) -> None:
-        with self._lock:
-            self.count += 1
-
-
 def test_background_runs_pause_after_each_group(
     collector: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Events nobody waits for (no flush, no shutdown, the queue nearly empty) go out in groups
     with a pause after each but the last of a run; every event arrives once."""
-    paces = _Paces(monkeypatch)
+    paces = Paces(monkeypatch, opencdp)
     client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=1.0)
     for i in range(16):  # times the link: until then every sender is wanted (one group each)
         client.track(f"user-{i}", "grouped", {"seq": i})
@@ -278,7 +265,7 @@ def test_a_flush_is_never_paced(
 ) -> None:
     """Events a flush() waits for (here: queued until the flush, flush_interval 60 s) and a
     shutdown's go out with no pause between groups."""
-    paces = _Paces(monkeypatch)
+    paces = Paces(monkeypatch, opencdp)
     client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=60.0)
     for i in range(64):
         client.track(f"user-{i}", "grouped", {"seq": i})
