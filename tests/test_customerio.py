@@ -827,9 +827,10 @@ def test_unhurried_units_are_built_in_slices_with_a_pause_after_each(
 def test_a_flush_or_shutdown_is_never_paced_by_customerio(
     hub: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Entries a flush() or shutdown() waits for are built and sent with no pause."""
+    """Entries a flush() or shutdown() waits for are built and sent with no pause. The batch
+    size is above what is queued, so no full batch starts an (unhurried) send before the call."""
     paces = Paces(monkeypatch, customerio)
-    client = make_client(max_batch_size=100, flush_interval=60.0)
+    client = make_client(max_batch_size=1000, flush_interval=60.0)
     for i in range(250):
         client.track(f"user-{i}", "waited", {"seq": i})
     assert client.flush(timeout=10)

@@ -264,9 +264,10 @@ def test_a_flush_is_never_paced(
     collector: Collector, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Events a flush() waits for (here: queued until the flush, flush_interval 60 s) and a
-    shutdown's go out with no pause between groups."""
+    shutdown's go out with no pause between groups. The batch size is above what is queued,
+    so no full batch starts an (unhurried) run before the call."""
     paces = Paces(monkeypatch, opencdp)
-    client = make_client(max_concurrent_requests=8, max_batch_size=64, flush_interval=60.0)
+    client = make_client(max_concurrent_requests=8, max_batch_size=128, flush_interval=60.0)
     for i in range(64):
         client.track(f"user-{i}", "grouped", {"seq": i})
     assert client.flush(timeout=10)
