@@ -249,15 +249,13 @@ class CustomerIoDestination(Destination):
         """POST the unit as one or more batches (more after a 413); resolve every item once."""
         started = time.monotonic()
         entry = self.entry
+        step = SLICE if ctl.unhurried() else max(len(items), 1)  # one slice when someone waits
         try:
-            if ctl.unhurried() and len(items) > SLICE:
-                pairs = []
-                for at in range(0, len(items), SLICE):
-                    if at:
-                        _pace()
-                    pairs.extend([(item, entry(item)) for item in items[at : at + SLICE]])
-            else:
-                pairs = [(item, entry(item)) for item in items]
+            pairs = []
+            for at in range(0, len(items), step):
+                if at:
+                    _pace()
+                pairs.extend([(item, entry(item)) for item in items[at : at + step]])
         except Exception:  # a record that cannot be read back (never expected): fail it alone
             pairs = []
             for item in items:
